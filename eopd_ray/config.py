@@ -1,0 +1,273 @@
+"""Typed run configuration: YAML presets plus ``key=value`` overrides, validated at load time.
+
+A config is a tree of pydantic models with ``extra="forbid"``, so a misspelt key, a value of the
+wrong type or one out of range is rejected when the file is loaded, with a message that names the
+file and the dotted key, e.g.::
+
+    configs/tiny.yaml: loss.tau: must be >= 0 (got -1.0)
+
+Overrides use dotted paths and YAML scalars: ``loss.tau=1.0 optim.lr=3e-6 loss.variant=opd``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+LossVariant = Literal[
+    "opd", "eopd", "full_fkl", "random_fkl", "entropy_bonus", "advantage_shaping", "kd", "grpo"
+]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line meant for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """A Hugging Face checkpoint folder (or hub name on a cluster with a model cache)."""
+
+    path: str = Field(min_length=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    # Qwen3 non-thinking template of DESIGN.md for Qwen models, the model's own otherwise.
+    chat_template: Literal["auto", "qwen3_nothink", "qwen3_base", "model"] = "auto"
+
+
+class LossConfig(_Section):
+    """DESIGN.md §1. ``variant`` picks the objective; the other fields are its hyperparameters."""
+
+    variant: LossVariant = "eopd"
+    tau: float = Field(0.8, ge=0.0, description="teacher-entropy threshold (nats)")
+    clip_eps: float = Field(0.2, gt=0.0, lt=1.0, description="PPO clip range")
+    top_k: int = Field(16, ge=1, le=1024, description="teacher top-k kept for the forward KL")
+    random_fkl_fraction: float = Field(0.2, gt=0.0, le=1.0)
+    entropy_bonus_beta: float = Field(0.01, ge=0.0)
+    shaping_alpha: float = Field(0.1, ge=0.0)
+    shaping_kappa: float = Field(2.0, gt=0.0)
+    kd_ce_weight: float = Field(0.5, ge=0.0, le=1.0)
+    chunk_size: int = Field(1024, ge=1, description="positions per chunk for [T, V] reductions")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(3e-6, gt=0.0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0.0)
+
+
+class RolloutConfig(_Section):
+    """Algorithm 1's batch structure and the sampling settings of Table 8."""
+
+    batch_prompts: int = Field(128, ge=1, description="prompts per iteration")
+    mini_batch_prompts: int = Field(32, ge=1, description="prompts per optimizer step")
+    samples_per_prompt: int = Field(1, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_response_tokens: int = Field(4096, ge=1)
+    max_prompt_tokens: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _mini_batch_divides_batch(self) -> RolloutConfig:
+        if self.batch_prompts % self.mini_batch_prompts:
+            raise ValueError(
+                f"mini_batch_prompts ({self.mini_batch_prompts}) must divide "
+                f"batch_prompts ({self.batch_prompts})"
+            )
+        return self
+
+
+class DataConfig(_Section):
+    """Training prompts: a JSONL file, or ``synthetic`` (the offline math task, tiny preset)."""
+
+    train: str = Field("synthetic", min_length=1)
+    prompt_field: str = "problem"
+    answer_field: str = "answer"
+    synthetic_problems: int = Field(2000, ge=1)
+    epochs: int = Field(1, ge=1)
+    prompt_suffix: str = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+class RayConfig(_Section):
+    """Where to run: ``address: null`` starts a local Ray (the embedded default)."""
+
+    address: str | None = None
+    # Logical CPUs of a local Ray. Roles reserve CPUs (samplers, teacher replicas, learner workers)
+    # and may add up to more than the machine's cores; declaring more logical CPUs lets them share.
+    num_cpus: int | None = Field(None, ge=1)
+
+
+class SamplerConfig(_Section):
+    """The vLLM student sampler pool (Ray actors)."""
+
+    num_actors: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, gt=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+    max_model_len: int = Field(2048, ge=16)
+    kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = True
+    # object_store: push tensors through Ray (single-process engines); disk: write safetensors
+    # to a shared folder and reload from there (works with multiprocess / multi-GPU engines).
+    weight_sync: Literal["object_store", "disk"] = "object_store"
+
+
+class TeacherServiceConfig(_Section):
+    """The Ray Serve teacher deployment."""
+
+    num_cpus: float = Field(1.0, gt=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(1, ge=1)
+    # Serve batches up to max_batch_size requests; scaling out before a batch fills wastes replicas.
+    target_ongoing_requests: float = Field(8.0, gt=0.0)
+    upscale_delay_s: float = Field(30.0, ge=0.0)
+    downscale_delay_s: float = Field(600.0, ge=0.0)
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    chunk_size: int = Field(512, ge=1, description="positions per chunk for entropy / top-k")
+    # Keep a float32 copy of the output layer: removes bf16 rounding (~1e-2) from teacher
+    # log-probs at the cost of V x H x 4 bytes (~2.5 GB for Qwen3-8B).
+    fp32_head: bool = False
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> TeacherServiceConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class LearnerConfig(_Section):
+    """The DeepSpeed learner group on Ray Train."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    num_cpus_per_worker: float = Field(1.0, gt=0.0)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
+    micro_batch_sequences: int = Field(8, ge=1, description="sequences per forward/backward")
+    gradient_checkpointing: bool = False
+
+
+class PipelineConfig(_Section):
+    """Asynchrony between samplers and learner (DESIGN.md §2)."""
+
+    # The learner at version v trains only on rollouts of version >= v - max_staleness;
+    # 0 is fully synchronous on-policy distillation.
+    max_staleness: int = Field(0, ge=0)
+    stale_policy: Literal["drop", "resample"] = "drop"  # resample: prompt goes back in the queue
+    # behaviour: ratios and advantages against the sampler's log-probs; decoupled: against
+    # proximal log-probs recomputed by the learner, behaviour weight truncated at the cap.
+    importance: Literal["behaviour", "decoupled"] = "behaviour"
+    behaviour_weight_cap: float | None = Field(None, gt=0.0)
+    iterations: int | None = Field(None, ge=1, description="default: epochs over the data")
+    checkpoint_every: int = Field(10, ge=1)
+
+
+class RunConfig(_Section):
+    """Everything one ``eopd-ray`` run needs."""
+
+    name: str = "eopd"
+    seed: int = 0
+    output_dir: str = "runs/eopd"
+    student: ModelConfig
+    teacher: ModelConfig
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    data: DataConfig = DataConfig()
+    ray: RayConfig = RayConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    teacher_service: TeacherServiceConfig = TeacherServiceConfig()
+    learner: LearnerConfig = LearnerConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}``; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. loss.tau=0.8")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot parse value ({exc.problem})") from None
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is set both as a value and a section")
+            node = child
+        node[leaf] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return f"{key}: {message}"
+
+
+def validate(data: dict[str, Any], source: str, model: type[BaseModel] = RunConfig) -> Any:
+    """Build ``model`` from ``data``; raise ConfigError naming ``source`` and every bad key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, model: type[BaseModel] = RunConfig
+) -> Any:
+    """Load a YAML preset, apply ``key=value`` overrides, and validate the result."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    source = str(path)
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+        source += " with overrides " + " ".join(overrides)
+    return validate(data, source, model)
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML, written next to every run's outputs."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

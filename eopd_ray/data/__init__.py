@@ -1,0 +1,1 @@
+"""Datasets: the offline synthetic math task and prompt loading."""

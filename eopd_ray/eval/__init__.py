@@ -1,0 +1,1 @@
+"""Evaluation actors and metrics (Avg@k, unbiased Pass@k, math-verify scoring)."""

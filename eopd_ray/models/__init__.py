@@ -1,0 +1,1 @@
+"""Model helpers: the tiny offline teacher/student pair and its tokenizer."""
