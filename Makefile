@@ -2,11 +2,16 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test test-slow lint
+.PHONY: setup run toy test test-slow lint bench
 setup:
 	bash scripts/setup.sh
 
+# Main job: build + pre-train the tiny teacher/student (cached), then distil on a local Ray.
 run: setup
+	$(VENV)/bin/eopd-ray tiny-models --out runs/tiny-models
+	$(VENV)/bin/eopd-ray train configs/tiny.yaml
+
+toy: setup
 	$(VENV)/bin/eopd-ray toy --out runs/toy
 
 test: setup
@@ -18,3 +23,6 @@ test-slow: setup
 lint: setup
 	$(VENV)/bin/ruff check eopd_ray tests benchmarks
 	$(VENV)/bin/ruff format --check eopd_ray tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/pipeline.py

@@ -1,0 +1,90 @@
+"""Synchronous (η = 0) vs asynchronous (η = 1) pipeline on the tiny preset, side by side.
+
+    .venv/bin/python benchmarks/pipeline.py [--iterations 12] [--warmup 2] [key=value ...]
+
+Runs ``eopd-ray train configs/tiny.yaml`` twice in one local Ray, with ``pipeline.max_staleness``
+0 then 1, and prints per stage the time per iteration and its share of the iteration's wall time,
+trained tokens/s, the async/sync ratio and step time / max(stage time) (1.0 means the stages
+overlap perfectly). The first ``--warmup`` iterations of each run (start-up effects) are left out.
+Stage times are busy times: the sampler's generate calls, the teacher's scoring tasks, the
+learner's train_batch and the weight push.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from eopd_ray.config import load_config
+from eopd_ray.metrics import read_metrics
+from eopd_ray.models.pretrain import prepare_tiny_models
+from eopd_ray.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = {
+    "sampler": "time/sampler_busy_s",
+    "teacher": "time/teacher_s",
+    "learner": "time/learner_s",
+    "weight sync": "time/sync_s",
+    "driver wait": "time/wait_for_batch_s",
+}
+
+
+def run(eta: int, iterations: int, warmup: int, overrides: list[str], root: Path) -> dict:
+    teacher, student = prepare_tiny_models(REPO / "runs" / "tiny-models")
+    out = root / f"eta{eta}"
+    config = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"teacher.path={teacher}",
+            f"student.path={student}",
+            f"output_dir={out}",
+            f"pipeline.max_staleness={eta}",
+            f"pipeline.iterations={iterations}",
+            f"pipeline.checkpoint_every={iterations}",
+            *overrides,
+        ],
+    )
+    train(config, progress=False)
+    rows = read_metrics(out / "metrics.jsonl")[warmup:]
+    wall = sum(r["time/iteration_s"] for r in rows)
+    stages = {
+        name: sum(r.get(key) or 0.0 for r in rows) / len(rows) for name, key in STAGES.items()
+    }
+    tokens = sum(r["train/num_tokens"] for r in rows)
+    return {"eta": eta, "step_s": wall / len(rows), "stages": stages, "tokens_per_s": tokens / wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="eopd-bench-") as root:
+        results = [
+            run(eta, args.iterations, args.warmup, args.overrides, Path(root)) for eta in (0, 1)
+        ]
+    labels = [f"η={r['eta']} s/it" for r in results]
+    header = f"{'stage':<12}" + "".join(f"{label:>14}{'share':>8}" for label in labels)
+    print(header)
+    print("-" * len(header))
+    for name in STAGES:
+        cells = "".join(
+            f"{r['stages'][name]:>14.3f}{r['stages'][name] / r['step_s']:>8.0%}" for r in results
+        )
+        print(f"{name:<12}{cells}")
+    print(f"{'step (wall)':<12}" + "".join(f"{r['step_s']:>14.3f}{'':>8}" for r in results))
+    print()
+    for r in results:
+        busiest = max(v for k, v in r["stages"].items() if k != "driver wait")
+        print(
+            f"η={r['eta']}: {r['tokens_per_s']:8.1f} trained tokens/s, "
+            f"step / max(stage) = {r['step_s'] / busiest:.2f}"
+        )
+    print(f"async / sync tokens/s = {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""RolloutPipeline: prompts -> sampler pool -> teacher -> buffer, with admission control.
+
+Each chunk of prompts is submitted to the sampler pool and, at once, chained to a Ray task that
+sends every finished rollout to the teacher deployment. Ray resolves the chain by itself, so
+sampling and teacher scoring go on while the driver is blocked in the learner's step: that
+overlap is what ``max_staleness`` > 0 buys.
+
+Admission control (DESIGN.md §2): at learner version ``v`` at most ``(η + 1) · batch_prompts``
+prompt groups are admitted (in flight or buffered). The learner consumes ``batch_prompts`` per
+version, so a rollout generated at version ``u`` is consumed by version ``u + η`` at the latest:
+stale data is prevented rather than thrown away. What is still stale at take time (e.g. after a
+sampler restart) is counted and, per ``pipeline.stale_policy``, dropped or re-sampled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from eopd_ray.buffer import RolloutBuffer
+from eopd_ray.config import PipelineConfig, RolloutConfig
+from eopd_ray.rollout import Rollout, ScoredRollout
+
+# (prompt_id, chat-templated prompt ids, gold answer): what a sampler turns into rollouts
+Request = tuple[int, list[int], str | None]
+
+
+def _score_rollouts(rollouts: list[Rollout], teacher_handle: Any) -> list[ScoredRollout]:
+    """Ray task body: score a chunk's rollouts on the teacher (requests batched by Serve)."""
+    started = time.perf_counter()
+    responses = [teacher_handle.remote(r.prompt_ids, r.response_ids) for r in rollouts]
+    scores = [response.result() for response in responses]
+    seconds = time.perf_counter() - started
+    return [
+        ScoredRollout(r, s, {"teacher_s": seconds / max(len(rollouts), 1)})
+        for r, s in zip(rollouts, scores, strict=True)
+    ]
+
+
+@dataclass
+class _Chunk:
+    sampler_ref: Any
+    requests: list[Request]
+    submitted_at: float
+
+
+class RolloutPipeline:
+    """Keeps samplers and teacher busy within the staleness bound; hands out fresh batches."""
+
+    def __init__(
+        self,
+        requests: Any,  # callable n -> list[Request]: the next prompts, fewer at the end
+        samplers: Any,  # SamplerPool
+        teacher: Any,  # TeacherService
+        rollout: RolloutConfig,
+        pipeline: PipelineConfig,
+        *,
+        seed: int = 0,
+        chunks_per_batch: int = 2,
+    ) -> None:
+        import ray
+
+        self._next_requests = requests
+        self.samplers = samplers
+        self.teacher = teacher
+        self.rollout = rollout
+        self.config = pipeline
+        self.seed = seed
+        self.buffer = RolloutBuffer(pipeline.max_staleness, rollout.samples_per_prompt)
+        self._chunk_prompts = max(1, rollout.batch_prompts // max(1, chunks_per_batch))
+        self._score = ray.remote(num_cpus=0, max_retries=0)(_score_rollouts)
+        self._in_flight: dict[Any, _Chunk] = {}  # scoring ref -> chunk
+        self._resample: deque[Request] = deque()
+        self.exhausted = False
+        self.resampled = 0
+        self.dropped = 0
+        self.sampler_restarts = 0
+
+    # ------------------------------------------------------------------ admission
+    def admitted_groups(self) -> int:
+        in_flight = sum(len(c.requests) for c in self._in_flight.values())
+        groups_buffered = self.buffer.pending_rollouts() // self.rollout.samples_per_prompt
+        return in_flight + groups_buffered
+
+    def fill(self, reserved: int = 0) -> int:
+        """Submit prompts until (η + 1) · batch_prompts groups are admitted; returns how many.
+
+        ``reserved``: groups already taken into the batch being assembled (not trained yet)."""
+        limit = (self.config.max_staleness + 1) * self.rollout.batch_prompts - reserved
+        submitted = 0
+        while (room := limit - self.admitted_groups()) > 0:
+            n = min(room, self._chunk_prompts)
+            chunk = [self._resample.popleft() for _ in range(min(n, len(self._resample)))]
+            chunk += self._next_requests(n - len(chunk))
+            if not chunk:
+                self.exhausted = True
+                break
+            self._submit(chunk)
+            submitted += len(chunk)
+        return submitted
+
+    def _submit(self, requests: list[Request]) -> None:
+        r = self.rollout
+        for sampler_ref in self.samplers.submit(
+            requests,
+            n=r.samples_per_prompt,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            max_tokens=r.max_response_tokens,
+            seed=self.seed,
+        ):
+            self._chain(sampler_ref, self.samplers.job_requests(sampler_ref))
+
+    def _chain(self, sampler_ref: Any, requests: list[Request]) -> None:
+        score_ref = self._score.remote(sampler_ref, self.teacher.handle)
+        self._in_flight[score_ref] = _Chunk(sampler_ref, list(requests), time.perf_counter())
+
+    # ------------------------------------------------------------------ consumption
+    def _collect(self, timeout_s: float) -> None:
+        """Move finished chunks into the buffer; re-run chunks whose sampler died."""
+        import ray
+
+        if not self._in_flight:
+            return
+        done, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=timeout_s)
+        for ref in done:
+            chunk = self._in_flight.pop(ref)
+            try:
+                scored = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+                if not _sampler_died(exc, chunk.sampler_ref):
+                    raise
+                self.sampler_restarts += 1
+                self._chain(self.samplers.resubmit(chunk.sampler_ref), chunk.requests)
+                continue
+            self.samplers.forget(chunk.sampler_ref)  # done: drop the pool's bookkeeping
+            for s in scored:
+                self.buffer.put(s)
+
+    def next_batch(
+        self, learner_version: int, timeout_s: float = 3600.0
+    ) -> tuple[list[ScoredRollout], float]:
+        """Block until ``batch_prompts`` fresh groups are ready; returns (batch, seconds waited).
+
+        Returns a smaller (possibly empty) batch only when the prompts have run out.
+        """
+        started = time.perf_counter()
+        want = self.rollout.batch_prompts
+        batch: list[ScoredRollout] = []
+        got = 0
+        while got < want:
+            taken, stale = self.buffer.take(want - got, learner_version)
+            batch += taken
+            got += len(taken) // self.rollout.samples_per_prompt
+            self._handle_stale(stale)
+            if got >= want:
+                break
+            self.fill(reserved=got)
+            if not self._in_flight and self.buffer.ready_groups() == 0:
+                if self.exhausted and not self._resample:
+                    break
+                continue
+            if time.perf_counter() - started > timeout_s:
+                raise TimeoutError(f"no batch within {timeout_s:.0f} s")
+            self._collect(timeout_s=1.0)
+        return batch, time.perf_counter() - started
+
+    def _handle_stale(self, stale: list[ScoredRollout]) -> None:
+        if not stale:
+            return
+        if self.config.stale_policy == "drop":
+            self.dropped += len(stale)
+            return
+        seen: set[int] = set()
+        for s in stale:  # one request per group, sampled again at the current version
+            if s.rollout.prompt_id not in seen:
+                seen.add(s.rollout.prompt_id)
+                r = s.rollout
+                self._resample.append((r.prompt_id, r.prompt_ids, r.answer))
+        self.resampled += len(seen)
+
+    def in_flight_groups(self) -> int:
+        return sum(len(c.requests) for c in self._in_flight.values())
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            **self.buffer.stats.as_metrics(),
+            "pipeline/in_flight_groups": float(self.in_flight_groups()),
+            "pipeline/stale_dropped": float(self.dropped),
+            "pipeline/stale_resampled": float(self.resampled),
+            "pipeline/sampler_restarts": float(self.sampler_restarts),
+        }
+
+
+def _sampler_died(exc: BaseException, sampler_ref: Any) -> bool:
+    """Whether a scoring task failed because its sampler actor died (not a teacher error)."""
+    import ray
+
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return True
+    try:
+        ray.get(sampler_ref, timeout=0)
+    except ray.exceptions.RayActorError:
+        return True
+    except Exception:
+        return False
+    return False

