@@ -14,6 +14,7 @@ sampler restart) is counted and, per ``pipeline.stale_policy``, dropped or re-sa
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -180,6 +181,22 @@ class RolloutPipeline:
                 r = s.rollout
                 self._resample.append((r.prompt_id, r.prompt_ids, r.answer))
         self.resampled += len(seen)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """After the samplers are shut down: collect the failed in-flight chunks (so Ray does not
+        report them as unhandled errors) and cancel what is still running."""
+        import ray
+
+        refs = list(self._in_flight)
+        self._in_flight.clear()
+        if not refs:
+            return
+        done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for ref in done:  # errors expected: their samplers were stopped under them
+            with contextlib.suppress(Exception):
+                ray.get(ref)
+        for ref in pending:
+            ray.cancel(ref, force=True)
 
     def in_flight_groups(self) -> int:
         return sum(len(c.requests) for c in self._in_flight.values())

@@ -63,7 +63,8 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
             train_metrics = roles.learner.train_batch(batch, mini_batches=mini_batches(config))
             version = roles.learner.version
             sync = roles.samplers.push_weights(roles.learner.state_dict(), version)  # sync
-            roles.pipeline.fill()  # the next prompts start at the new version right away
+            if it + 1 < iterations:
+                roles.pipeline.fill()  # the next prompts start at the new version right away
             log.log(it, iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0))
             done = it + 1
             if done % config.pipeline.checkpoint_every == 0:
@@ -257,7 +258,9 @@ def write_summary(out: Path, config: RunConfig, roles: Roles, final: Path) -> di
 
 def stop_roles(roles: Roles) -> None:
     """Stop every actor; safe after Ctrl-C (checkpoints are already complete on disk)."""
-    for stop in (roles.learner.shutdown, roles.samplers.shutdown, roles.teacher.shutdown):
+    # samplers before the pipeline, whose in-flight chunks then fail fast; teacher last
+    stops = (roles.learner.shutdown, roles.samplers.shutdown, roles.pipeline.close)
+    for stop in (*stops, roles.teacher.shutdown):
         try:
             stop()
         except Exception as exc:  # keep stopping the others

@@ -92,3 +92,29 @@ def test_eta_2_bounds_staleness(parts: tuple) -> None:
     assert max(lags) >= 1  # the bound is reached: samplers really ran ahead of the learner
     assert pipeline.buffer.stats.stale == 0  # prevented by admission, not thrown away
     assert pipeline.admitted_groups() <= 3 * 4
+
+
+def test_dead_sampler_is_restarted_and_its_prompts_rerun(parts: tuple) -> None:
+    import ray
+
+    from eopd_ray.pipeline import RolloutPipeline
+
+    samplers, teacher, requests, _ = parts
+    queue = list(requests[:8])
+
+    def next_requests(n: int) -> list:
+        taken, queue[:] = queue[:n], queue[n:]
+        return taken
+
+    rollout = RolloutConfig(
+        batch_prompts=8, mini_batch_prompts=8, samples_per_prompt=1, max_response_tokens=24
+    )
+    pipeline = RolloutPipeline(
+        next_requests, samplers, teacher, rollout, PipelineConfig(max_staleness=0)
+    )
+    pipeline.fill()
+    ray.kill(samplers.actors[0], no_restart=True)  # dies with its chunks in flight
+    batch, _ = pipeline.next_batch(samplers.version)
+    assert sorted(s.rollout.prompt_id for s in batch) == [r[0] for r in requests[:8]]  # none lost
+    assert pipeline.sampler_restarts >= 1
+    assert samplers.restarts >= 1
