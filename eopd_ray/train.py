@@ -88,6 +88,8 @@ def _init_ray(config: RunConfig, address: str | None) -> None:
     address = address or config.ray.address
     if address:
         ray.init(address=address, log_to_driver=False)
+    elif os.environ.get("RAY_ADDRESS"):  # a Ray job (eopd-ray submit): join the cluster running it
+        ray.init(log_to_driver=False)
     else:
         ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
 
