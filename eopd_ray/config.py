@@ -92,6 +92,8 @@ class DataConfig(_Section):
     prompt_field: str = "problem"
     answer_field: str = "answer"
     synthetic_problems: int = Field(2000, ge=1)
+    # Operand sizes of the synthetic task (``synthetic_math.DIFFICULTIES``); match the pre-training.
+    synthetic_difficulty: Literal["standard", "easy"] = "standard"
     epochs: int = Field(1, ge=1)
     prompt_suffix: str = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -105,12 +107,53 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, ge=1)
 
 
+# Roles on resources: every role (sampler actor, teacher replica, learner worker, eval actor) takes
+# custom Ray resources (``{"sampler_slot": 1}``) and a node label selector
+# (``{"eopd-ray.io/role": "sampler"}``) besides CPUs / GPUs; clusters/ maps labels to node groups.
+Resources = dict[str, float]
+LabelSelector = dict[str, str]
+
+
+class SamplerAutoscaleConfig(_Section):
+    """When the sampler pool grows or shrinks (eopd_ray/autoscale.py); used if min < max actors.
+
+    Each iteration yields two fractions: learner wait (the driver waited for a batch, over the
+    iteration's wall time) and sampler busy (summed generate time over actors x wall time).
+    Grow when the learner waits >= ``grow_wait_frac``; shrink when it waits <= ``shrink_wait_frac``
+    while samplers are busy <= ``shrink_busy_frac`` (the buffer is full: admission control holds
+    them back). A signal must hold ``patience`` iterations in a row, and changes are at least
+    ``cooldown_s`` apart (a new engine needs time to start and show its effect)."""
+
+    grow_wait_frac: float = Field(0.3, gt=0.0, le=1.0)
+    shrink_wait_frac: float = Field(0.05, ge=0.0, lt=1.0)
+    shrink_busy_frac: float = Field(0.5, gt=0.0, le=1.0)
+    patience: int = Field(3, ge=1)
+    cooldown_s: float = Field(60.0, ge=0.0)
+    # On a cluster, ask the Ray autoscaler for the grown pool's resources before adding an actor.
+    request_resources: bool = True
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> SamplerAutoscaleConfig:
+        if self.shrink_wait_frac >= self.grow_wait_frac:
+            raise ValueError(
+                f"shrink_wait_frac ({self.shrink_wait_frac}) must be < grow_wait_frac "
+                f"({self.grow_wait_frac})"
+            )
+        return self
+
+
 class SamplerConfig(_Section):
     """The vLLM student sampler pool (Ray actors)."""
 
-    num_actors: int = Field(1, ge=1)
+    num_actors: int = Field(1, ge=1, description="actors at start")
+    # Autoscaling range; None: fixed at num_actors (the default, no scaling).
+    min_actors: int | None = Field(None, ge=1)
+    max_actors: int | None = Field(None, ge=1)
+    autoscale: SamplerAutoscaleConfig = SamplerAutoscaleConfig()
     num_cpus: float = Field(1.0, gt=0.0)
     num_gpus: float = Field(0.0, ge=0.0)
+    resources: Resources = Field(default_factory=dict)
+    label_selector: LabelSelector = Field(default_factory=dict)
     max_model_len: int = Field(2048, ge=16)
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
@@ -120,18 +163,37 @@ class SamplerConfig(_Section):
     # to a shared folder and reload from there (works with multiprocess / multi-GPU engines).
     weight_sync: Literal["object_store", "disk"] = "object_store"
 
+    @property
+    def actor_range(self) -> tuple[int, int]:
+        """(min, max) actors of the pool; equal when it does not scale."""
+        return (self.min_actors or self.num_actors, self.max_actors or self.num_actors)
+
+    @model_validator(mode="after")
+    def _range_holds_start(self) -> SamplerConfig:
+        low, high = self.actor_range
+        if not low <= self.num_actors <= high:
+            raise ValueError(
+                f"need min_actors <= num_actors <= max_actors, got {low} <= {self.num_actors} "
+                f"<= {high}"
+            )
+        return self
+
 
 class TeacherServiceConfig(_Section):
     """The Ray Serve teacher deployment."""
 
     num_cpus: float = Field(1.0, gt=0.0)
     num_gpus: float = Field(0.0, ge=0.0)
+    resources: Resources = Field(default_factory=dict)
+    label_selector: LabelSelector = Field(default_factory=dict)
+    # Serve autoscaling on ongoing requests per replica, between min and max replicas.
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(1, ge=1)
     # Serve batches up to max_batch_size requests; scaling out before a batch fills wastes replicas.
     target_ongoing_requests: float = Field(8.0, gt=0.0)
     upscale_delay_s: float = Field(30.0, ge=0.0)
     downscale_delay_s: float = Field(600.0, ge=0.0)
+    look_back_period_s: float = Field(30.0, gt=0.0, description="window averaging the load")
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0)
     chunk_size: int = Field(512, ge=1, description="positions per chunk for entropy / top-k")
@@ -154,6 +216,10 @@ class LearnerConfig(_Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     num_cpus_per_worker: float = Field(1.0, gt=0.0)
+    resources_per_worker: Resources = Field(default_factory=dict, description="custom resources")
+    label_selector: LabelSelector = Field(default_factory=dict)
+    # The learner group's placement group: PACK (few nodes), STRICT_PACK (one node: fast NCCL).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     zero_stage: Literal[0, 1, 2, 3] = 2
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
     micro_batch_sequences: int = Field(8, ge=1, description="sequences per forward/backward")

@@ -472,12 +472,17 @@ class SamplerActor:
 
 def sampler_actor_options(config: SamplerConfig) -> dict[str, Any]:
     """Ray actor options of one sampler: resources, no automatic restart, a control group."""
-    return {
+    options: dict[str, Any] = {
         "num_cpus": config.num_cpus,
         "num_gpus": config.num_gpus,
         "max_restarts": 0,
         "max_concurrency": 1,  # generate calls run one at a time (the control group aside)
     }
+    if config.resources:
+        options["resources"] = dict(config.resources)
+    if config.label_selector:
+        options["label_selector"] = dict(config.label_selector)
+    return options
 
 
 def start_sampler_actor(

@@ -420,8 +420,13 @@ def deployment_options(service: TeacherServiceConfig) -> dict[str, Any]:
 
     A fixed ``num_replicas`` when min == max, else Serve autoscaling on ongoing requests. Each
     replica accepts two batches' worth of requests, so the next batch fills while one runs."""
+    actor_options: dict[str, Any] = {"num_cpus": service.num_cpus, "num_gpus": service.num_gpus}
+    if service.resources:
+        actor_options["resources"] = dict(service.resources)
+    if service.label_selector:
+        actor_options["label_selector"] = dict(service.label_selector)
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": service.num_cpus, "num_gpus": service.num_gpus},
+        "ray_actor_options": actor_options,
         "max_ongoing_requests": 2 * service.max_batch_size,
     }
     if service.min_replicas == service.max_replicas:
@@ -434,6 +439,7 @@ def deployment_options(service: TeacherServiceConfig) -> dict[str, Any]:
             "target_ongoing_requests": service.target_ongoing_requests,
             "upscale_delay_s": service.upscale_delay_s,
             "downscale_delay_s": service.downscale_delay_s,
+            "look_back_period_s": service.look_back_period_s,
         }
     return options
 

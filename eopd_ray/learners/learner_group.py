@@ -845,6 +845,7 @@ def _make_trainer(cfg: dict[str, Any], learner: LearnerConfig, storage: str, nam
     if backend == "auto":
         backend = "nccl" if learner.use_gpu else "gloo"
     resources: dict[str, float] = {"CPU": learner.num_cpus_per_worker}
+    resources.update(learner.resources_per_worker)
     if learner.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
@@ -855,7 +856,8 @@ def _make_trainer(cfg: dict[str, Any], learner: LearnerConfig, storage: str, nam
             num_workers=learner.num_workers,
             use_gpu=learner.use_gpu,
             resources_per_worker=resources,
-            placement_strategy="PACK",
+            placement_strategy=learner.placement_strategy,  # one placement group, all workers
+            label_selector=dict(learner.label_selector) or None,
         ),
         run_config=ray.train.RunConfig(
             name=name,
