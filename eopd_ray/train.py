@@ -40,6 +40,7 @@ class Roles:
     stream: PromptStream
     tokenizer: Any
     skipped: Counter[str] = field(default_factory=Counter)
+    scaler: Any = None  # SamplerScaler when sampler.min_actors < sampler.max_actors
 
 
 def train(config: RunConfig, address: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -65,7 +66,14 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
             sync = roles.samplers.push_weights(roles.learner.state_dict(), version)  # sync
             if it + 1 < iterations:
                 roles.pipeline.fill()  # the next prompts start at the new version right away
-            log.log(it, iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0))
+            metrics = iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0)
+            if roles.scaler is not None:  # grow / shrink the sampler pool (eopd_ray/autoscale.py)
+                metrics |= roles.scaler.step(metrics)
+            if config.teacher_service.min_replicas < config.teacher_service.max_replicas:
+                from eopd_ray.autoscale import serve_replicas
+
+                metrics["autoscale/teacher_replicas"] = serve_replicas(roles.teacher.app_name)
+            log.log(it, metrics)
             done = it + 1
             if done % config.pipeline.checkpoint_every == 0:
                 save_checkpoint(roles, out, done)
@@ -122,7 +130,12 @@ def start_roles(config: RunConfig) -> Roles:
     pipeline = RolloutPipeline(
         stream.take, samplers, teacher, config.rollout, config.pipeline, seed=config.seed
     )
-    return Roles(samplers, teacher, learner, pipeline, stream, tokenizer, skipped)
+    scaler = None
+    if len(set(config.sampler.actor_range)) > 1:
+        from eopd_ray.autoscale import SamplerScaler
+
+        scaler = SamplerScaler(samplers, config.sampler)
+    return Roles(samplers, teacher, learner, pipeline, stream, tokenizer, skipped, scaler)
 
 
 def render_requests(config: RunConfig, tokenizer: Any) -> tuple[list[Request], Counter[str]]:

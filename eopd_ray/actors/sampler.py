@@ -529,6 +529,10 @@ class _Slot:
     actor: Any
     generation: int = 0  # bumped at each restart
     in_flight: set[Any] = field(default_factory=set)
+    # active: takes work; starting: engine loading (add_actor); draining: finishes its in-flight
+    # work, takes no new work, then is removed (remove_actor / reap)
+    state: str = "active"
+    ready_ref: Any = None
 
 
 class SamplerPool:
@@ -572,6 +576,7 @@ class SamplerPool:
         self._weights: Any = None  # latest pushed weights: ObjectRef of a state dict, or a path
         self._jobs: dict[Any, _Job] = {}
         self._slots = [_Slot(self._start_actor(i)) for i in range(config.num_actors)]
+        self._started = config.num_actors  # actors ever started: seeds of added actors
         self.ready_info: list[dict[str, Any]] = []
         self.restarts = 0
         if wait:
@@ -657,13 +662,85 @@ class SamplerPool:
     def _least_busy(self, k: int) -> list[int]:
         import ray
 
+        self.activate_ready()
         for slot in self._slots:
             if slot.in_flight:
                 refs = list(slot.in_flight)
                 _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
                 slot.in_flight = set(pending)
-        order = sorted(range(len(self._slots)), key=lambda i: len(self._slots[i].in_flight))
-        return order[:k]
+        active = [i for i, slot in enumerate(self._slots) if slot.state == "active"]
+        return sorted(active, key=lambda i: len(self._slots[i].in_flight))[:k]
+
+    # ------------------------------------------------------------------ scaling
+    @property
+    def size(self) -> int:
+        """Actors that count towards the pool's size: active and starting (not draining)."""
+        return sum(slot.state != "draining" for slot in self._slots)
+
+    def add_actor(self) -> int:
+        """Start one more actor without waiting; it takes work once its engine is up and has the
+        current weights (``activate_ready``, called by ``submit``). Returns its index."""
+        actor = self._start_actor(self._started)
+        self._started += 1
+        ready = _control(actor, "ready").remote()
+        self._slots.append(_Slot(actor, state="starting", ready_ref=ready))
+        return len(self._slots) - 1
+
+    def activate_ready(self) -> int:
+        """Make started actors whose engine is up active, at the current weights and version
+        (those pushed while they started included); returns how many."""
+        import ray
+
+        activated = 0
+        for slot in self._slots:
+            if slot.state != "starting" or not ray.wait([slot.ready_ref], timeout=0)[0]:
+                continue
+            ray.get(slot.ready_ref)  # a failed start raises here, in the driver
+            if self._weights is not None:
+                ray.get(_control(slot.actor, "update_weights").remote(self._weights, self._version))
+            slot.state, slot.ready_ref = "active", None
+            activated += 1
+        return activated
+
+    def remove_actor(self, index: int | None = None) -> int:
+        """Stop giving work to actor ``index`` (default: the newest active one) and let it finish
+        its in-flight generations; ``reap`` removes it once nothing of it is left uncollected, so
+        no rollout is lost. Returns the index."""
+        if index is None:
+            active = [i for i, slot in enumerate(self._slots) if slot.state == "active"]
+            if len(active) <= 1:
+                raise ValueError("cannot remove the last active sampler actor")
+            index = active[-1]
+        self._slots[index].state = "draining"
+        return index
+
+    def reap(self) -> int:
+        """Shut down drained actors: draining, and none of their jobs left uncollected (results
+        still owed to a caller keep the actor). Returns how many were removed."""
+        import ray
+
+        removed = 0
+        index = len(self._slots) - 1
+        while index >= 0:
+            slot = self._slots[index]
+            owed = any(job.actor_index == index for job in self._jobs.values())
+            if slot.state == "draining" and not owed:
+                with contextlib.suppress(Exception):
+                    ray.get(_control(slot.actor, "shutdown").remote(), timeout=60)
+                ray.kill(slot.actor, no_restart=True)
+                del self._slots[index]
+                for job in self._jobs.values():  # later slots move down by one
+                    if job.actor_index > index:
+                        job.actor_index -= 1
+                removed += 1
+            index -= 1
+        return removed
+
+    def draining(self) -> int:
+        return sum(slot.state == "draining" for slot in self._slots)
+
+    def starting(self) -> int:
+        return sum(slot.state == "starting" for slot in self._slots)
 
     def _launch(self, job: _Job) -> Any:
         slot = self._slots[job.actor_index]
@@ -807,9 +884,14 @@ class SamplerPool:
             raise TypeError(f"cannot push weights of type {type(weights).__name__}")
         prepared = time.perf_counter()
         self._weights, self._version = payload, int(version)
-        refs = [_control(s.actor, "update_weights").remote(payload, version) for s in self._slots]
+        # Starting actors get the newest weights when they become active (activate_ready).
+        targets = [i for i, s in enumerate(self._slots) if s.state != "starting"]
+        refs = [
+            _control(self._slots[i].actor, "update_weights").remote(payload, version)
+            for i in targets
+        ]
         per_actor: list[dict[str, float] | None] = []
-        for index, ref in enumerate(refs):
+        for index, ref in zip(targets, refs, strict=True):
             try:
                 per_actor.append(ray.get(ref))
             except ray.exceptions.RayActorError:
@@ -840,14 +922,17 @@ class SamplerPool:
         """Each actor's ``progress()``: engine steps of its running generate call and version."""
         import ray
 
-        return ray.get([_control(s.actor, "progress").remote() for s in self._slots])
+        return ray.get(
+            [_control(s.actor, "progress").remote() for s in self._slots if s.state != "starting"]
+        )
 
     def pop_stats(self) -> list[dict[str, float]]:
         """Per-call records of every actor since the last pop (``actor`` = its index)."""
         import ray
 
-        records = ray.get([_control(s.actor, "pop_stats").remote() for s in self._slots])
-        return [{**r, "actor": float(i)} for i, rs in enumerate(records) for r in rs]
+        ready = [i for i, s in enumerate(self._slots) if s.state != "starting"]
+        records = ray.get([_control(self._slots[i].actor, "pop_stats").remote() for i in ready])
+        return [{**r, "actor": float(i)} for i, rs in zip(ready, records, strict=True) for r in rs]
 
     def shutdown(self) -> None:
         """Stop every engine cleanly, then kill the actors."""
