@@ -23,7 +23,8 @@ import pytest
 import ray
 import yaml
 
-from eopd_ray.config import load_config
+from eopd_ray.config import RunConfig, load_config
+from eopd_ray.eval.config import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTERS = REPO / "clusters"
@@ -170,9 +171,11 @@ def test_rayjobs_target_the_cluster_and_run_valid_configs() -> None:
         assert argv[:3] == ["python", "-m", "eopd_ray.cli"]
         kind, config_path = argv[3], argv[4]
         overrides = [a for a in argv[5:] if "=" in a and not a.startswith("-")]
-        if kind == "eval" and not (REPO / "eopd_ray" / "eval" / "job.py").is_file():
-            continue  # the evaluation job is not in this checkout yet
         assert (REPO / config_path).is_file(), config_path
-        if kind == "train":
-            config = load_config(REPO / config_path, overrides)
-            assert config.output_dir.startswith("/mnt/runs/")  # the shared volume
+        model = EvalConfig if kind == "eval" else RunConfig
+        config = load_config(REPO / config_path, overrides, model)
+        assert config.output_dir.startswith("/mnt/runs/")  # the shared volume
+        if kind == "eval":
+            assert all(c.path.startswith("/mnt/runs/") for c in config.checkpoints)
+            assert config.actors.label_selector == {ROLE: "eval"}
+            assert config.actors.num_gpus == _gpus(_groups()["eval"])
