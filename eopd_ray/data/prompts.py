@@ -33,7 +33,9 @@ def load_prompts(data: DataConfig, seed: int) -> PromptSet:
     if data.train == "synthetic":
         from eopd_ray.data.synthetic_math import generate_problems
 
-        problems = generate_problems(data.synthetic_problems, seed=seed)
+        problems = generate_problems(
+            data.synthetic_problems, seed=seed, difficulty=data.synthetic_difficulty
+        )
         return PromptSet([PromptRow(i, p.problem, p.answer) for i, p in enumerate(problems)])
     path = Path(data.train)
     if not path.is_file():

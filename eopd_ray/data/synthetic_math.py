@@ -140,24 +140,62 @@ def _frac(num: int | str, den: int | str) -> str:
     return f"\\frac{{{num}}}{{{den}}}"
 
 
+@dataclass(frozen=True)
+class NumberRanges:
+    """How large the numbers of each family get (``generate_problems(difficulty=...)``).
+
+    ``standard`` is the original task; ``easy`` keeps every family and the whole solution grammar
+    (so the same branching) but draws smaller operands, so intermediate results have fewer digits
+    and the arithmetic is within reach of the CPU preset's few-minute pre-training."""
+
+    term_max: int = 20  # add_sub: |term| in [1, term_max]
+    extra_terms: tuple[int, int] = (2, 3)  # add_sub: terms after the first
+    factor_max: int = 9  # distribute: a in [2, factor_max]
+    inner_max: int = 12  # distribute: b, c in [1, inner_max]
+    coef_max: int = 9  # linear: a in [2, coef_max]
+    x_range: tuple[int, int] = (-9, 12)  # linear: x in [lo, hi], x != 0
+    const_max: int = 20  # linear: |b| in [1, const_max]
+    den_max: int = 9  # fraction: denominators in [2, den_max]
+    groups_max: int = 6  # word: groups in [2, groups_max]
+    per_group_max: int = 9  # word: items per group in [2, per_group_max]
+    start_max: int = 30  # word: start in [1, start_max] (or k*m + [1, start_max] when giving away)
+
+
+DIFFICULTIES: dict[str, NumberRanges] = {
+    "standard": NumberRanges(),
+    "easy": NumberRanges(
+        term_max=9,
+        extra_terms=(1, 2),
+        factor_max=5,
+        inner_max=9,
+        coef_max=5,
+        x_range=(-5, 9),
+        const_max=9,
+        den_max=6,
+        groups_max=4,
+        per_group_max=5,
+        start_max=20,
+    ),
+}
+
 _NAMES = ("Maya", "Leo", "Sam", "Ava", "Noah", "Mia", "Ben", "Zoe", "Omar", "Lena")
 _ITEMS = ("apples", "pencils", "stickers", "marbles", "cookies", "books", "cards", "shells")
 _BOXES = ("bags", "boxes", "packs", "jars")
 
 
-def _make_add_sub(rng: random.Random) -> Problem:
+def _make_add_sub(rng: random.Random, r: NumberRanges) -> Problem:
     # operands: signed terms; the first is positive.
-    terms = [rng.randint(1, 20)]
-    for _ in range(rng.randint(2, 3)):
-        terms.append(rng.randint(1, 20) * rng.choice((1, -1)))
+    terms = [rng.randint(1, r.term_max)]
+    for _ in range(rng.randint(*r.extra_terms)):
+        terms.append(rng.randint(1, r.term_max) * rng.choice((1, -1)))
     expr = _signed_expr(terms)
     text = rng.choice(("Compute {}.", "What is {}?", "Evaluate {}.")).format(expr)
     return Problem(text, format_answer(Fraction(sum(terms))), "add_sub", tuple(terms))
 
 
-def _make_distribute(rng: random.Random) -> Problem:
+def _make_distribute(rng: random.Random, r: NumberRanges) -> Problem:
     # operands: (a, b, c, sign) for a * (b + sign*c); b > c when subtracting keeps things small.
-    a, b, c = rng.randint(2, 9), rng.randint(1, 12), rng.randint(1, 12)
+    a, b, c = rng.randint(2, r.factor_max), rng.randint(1, r.inner_max), rng.randint(1, r.inner_max)
     sign = rng.choice((1, -1))
     if sign < 0 and b <= c:
         b, c = c + 1, b
@@ -168,10 +206,11 @@ def _make_distribute(rng: random.Random) -> Problem:
     return Problem(text, format_answer(Fraction(a * (b + sign * c))), "distribute", (a, b, c, sign))
 
 
-def _make_linear(rng: random.Random) -> Problem:
+def _make_linear(rng: random.Random, r: NumberRanges) -> Problem:
     # operands: (a, x, b, c) with a*x + b = c; b may be negative (written "a x - |b|").
-    a, x = rng.randint(2, 9), rng.choice([v for v in range(-9, 13) if v != 0])
-    b = rng.randint(1, 20) * rng.choice((1, -1))
+    lo, hi = r.x_range
+    a, x = rng.randint(2, r.coef_max), rng.choice([v for v in range(lo, hi + 1) if v != 0])
+    b = rng.randint(1, r.const_max) * rng.choice((1, -1))
     c = a * x + b
     op = "+" if b > 0 else "-"
     text = rng.choice(("Solve for x: {}.", "Find x if {}.", "Solve {} for x.")).format(
@@ -180,9 +219,9 @@ def _make_linear(rng: random.Random) -> Problem:
     return Problem(text, format_answer(Fraction(x)), "linear", (a, x, b, c))
 
 
-def _make_fraction(rng: random.Random) -> Problem:
+def _make_fraction(rng: random.Random, r: NumberRanges) -> Problem:
     # operands: (n1, d1, n2, d2, sign); proper fractions, positive result when subtracting.
-    d1, d2 = rng.randint(2, 9), rng.randint(2, 9)
+    d1, d2 = rng.randint(2, r.den_max), rng.randint(2, r.den_max)
     n1, n2 = rng.randint(1, d1 - 1), rng.randint(1, d2 - 1)
     sign = rng.choice((1, -1))
     if sign < 0 and Fraction(n1, d1) <= Fraction(n2, d2):
@@ -198,14 +237,14 @@ def _make_fraction(rng: random.Random) -> Problem:
     return Problem(text, format_answer(value), "fraction", (n1, d1, n2, d2, sign))
 
 
-def _make_word(rng: random.Random) -> Problem:
+def _make_word(rng: random.Random, r: NumberRanges) -> Problem:
     # operands: (start, groups, per_group, sign, name_idx, item_idx, box_idx):
     # start + sign * groups * per_group items; the indices pick the words from the tables above.
     ni, ii, bi = rng.randrange(len(_NAMES)), rng.randrange(len(_ITEMS)), rng.randrange(len(_BOXES))
     name, item, box = _NAMES[ni], _ITEMS[ii], _BOXES[bi]
-    k, m = rng.randint(2, 6), rng.randint(2, 9)
+    k, m = rng.randint(2, r.groups_max), rng.randint(2, r.per_group_max)
     sign = rng.choice((1, -1))
-    start = rng.randint(k * m + 1, k * m + 30) if sign < 0 else rng.randint(1, 30)
+    start = rng.randint(k * m + 1, k * m + r.start_max) if sign < 0 else rng.randint(1, r.start_max)
     verb = "buys" if sign > 0 else "gives away"
     text = (
         f"{name} has {start} {item}. {name} {verb} {k} {box} with {m} {item} in each. "
@@ -215,7 +254,7 @@ def _make_word(rng: random.Random) -> Problem:
     return Problem(text, format_answer(Fraction(start + sign * k * m)), "word", operands)
 
 
-_MAKERS: dict[str, Callable[[random.Random], Problem]] = {
+_MAKERS: dict[str, Callable[[random.Random, NumberRanges], Problem]] = {
     "add_sub": _make_add_sub,
     "distribute": _make_distribute,
     "linear": _make_linear,
@@ -224,19 +263,29 @@ _MAKERS: dict[str, Callable[[random.Random], Problem]] = {
 }
 
 
-def generate_problems(n: int, seed: int = 0, families: Sequence[str] = FAMILIES) -> list[Problem]:
+def generate_problems(
+    n: int,
+    seed: int = 0,
+    families: Sequence[str] = FAMILIES,
+    difficulty: str | NumberRanges = "standard",
+) -> list[Problem]:
     """``n`` problems, families drawn uniformly; deterministic in ``seed``; no duplicate texts
-    unless the families' problem space is exhausted."""
+    unless the families' problem space is exhausted. ``difficulty`` (a ``DIFFICULTIES`` name or
+    ``NumberRanges``) sets the operand sizes; the default ``standard`` is the original task."""
     unknown = set(families) - set(_MAKERS)
     if unknown:
         raise ValueError(f"unknown families {sorted(unknown)}; known: {list(FAMILIES)}")
+    if isinstance(difficulty, str):
+        if difficulty not in DIFFICULTIES:
+            raise ValueError(f"unknown difficulty {difficulty!r}; known: {list(DIFFICULTIES)}")
+        difficulty = DIFFICULTIES[difficulty]
     rng = random.Random(seed)
     out: list[Problem] = []
     seen: set[str] = set()
     attempts = 0
     while len(out) < n:
         attempts += 1
-        problem = _MAKERS[rng.choice(list(families))](rng)
+        problem = _MAKERS[rng.choice(list(families))](rng, difficulty)
         # After many rejections the space is nearly exhausted: accept duplicates rather than loop.
         if problem.problem in seen and attempts < 50 * n:
             continue

@@ -57,3 +57,13 @@ def test_stream_epochs_shuffle_and_resume() -> None:
     resumed = PromptStream(rows, epochs=2, seed=3)
     resumed.position = 3
     assert [r.prompt_id for r in resumed.take(100)] == seen[3:]
+
+
+def test_synthetic_prompts_follow_the_configured_difficulty() -> None:
+    from eopd_ray.data.synthetic_math import generate_problems
+
+    data = DataConfig(train="synthetic", synthetic_problems=20, synthetic_difficulty="easy")
+    rows = load_prompts(data, seed=3).rows
+    expected = generate_problems(20, seed=3, difficulty="easy")
+    assert [(r.problem, r.answer) for r in rows] == [(p.problem, p.answer) for p in expected]
+    assert rows != load_prompts(DataConfig(train="synthetic", synthetic_problems=20), seed=3).rows

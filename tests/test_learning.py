@@ -1,0 +1,53 @@
+"""The tiny preset distils for real: pre-trained tiny teacher and student (cached under
+``runs/tiny-models``, as ``make run`` builds them), a short ``eopd-ray train`` run, and the
+student's reverse and forward KL to the teacher measured on its own rollouts go down.
+
+Slow: pre-training takes a few minutes on a fresh machine (then it is cached), the run ~3 min.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eopd_ray.config import load_config
+from eopd_ray.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def pretrained_models() -> tuple[Path, Path]:
+    from eopd_ray.models.pretrain import prepare_tiny_models
+
+    return prepare_tiny_models(REPO / "runs" / "tiny-models")
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def test_tiny_preset_student_moves_towards_the_teacher(
+    ray_local: None, pretrained_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from eopd_ray.train import train
+
+    teacher, student = pretrained_models
+    config = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [f"teacher.path={teacher}", f"student.path={student}", f"output_dir={tmp_path}"],
+    )
+    summary = train(config, None, False)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert summary["iterations"] == len(rows) >= 24
+    first, last = rows[:6], rows[-6:]
+    # On-policy estimates over the student's own samples: reverse KL per sampled token, forward KL
+    # over the teacher's top-k. Measured: 3.3 -> 2.2 and 1.7 -> 1.2 nats (32 iterations).
+    assert _mean(last, "train/reverse_kl") < 0.85 * _mean(first, "train/reverse_kl")
+    assert _mean(last, "train/fkl_mean") < 0.85 * _mean(first, "train/fkl_mean")
+    # EOPD's gate must be selective: neither ~0 nor ~all positions above tau.
+    share = _mean(rows, "train/high_entropy_frac")
+    assert 0.05 < share < 0.9
+    assert all(0.0 <= r["rollout/accuracy"] <= 1.0 for r in rows)
