@@ -122,8 +122,9 @@ class Jobs:
         except ConnectionError:
             raise JobsError(f"cannot reach a Ray cluster at {self.address}") from None
         except RuntimeError as exc:
-            if "does not exist" in str(exc) or "404" in str(exc):
-                raise JobsError(str(exc).splitlines()[0]) from None
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "does not exist" in message or "Request failed" in message:
+                raise JobsError(message) from None
             raise
 
     def status(self, job_id: str) -> str:
@@ -222,6 +223,7 @@ def submit(
     job_id: str | None = None,
     working_dir: Path = REPO_ROOT,
     warn: Callable[[str], Any] = print,
+    agent_wait_s: float = 120.0,
 ) -> str:
     """Validate, then submit one job; returns its submission id."""
     resolved = validate_job_config(kind, config, overrides)
@@ -238,13 +240,21 @@ def submit(
     entrypoint = build_entrypoint(kind, relative, overrides, python)
     runtime_env = build_runtime_env(working_dir, env, pip)
     name = getattr(resolved, "name", kind)
-    return jobs.call(
-        jobs.client.submit_job,
-        entrypoint=entrypoint,
-        runtime_env=runtime_env,
-        submission_id=job_id,
-        metadata={"eopd_ray.kind": kind, "eopd_ray.name": str(name)},
-    )
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return jobs.call(
+                jobs.client.submit_job,
+                entrypoint=entrypoint,
+                runtime_env=runtime_env,
+                submission_id=job_id,
+                metadata={"eopd_ray.kind": kind, "eopd_ray.name": str(name)},
+            )
+        except JobsError as exc:
+            # A cluster that just started answers 500 until its job agent is up.
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
 
 
 def exit_code(status: str) -> int:

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -57,6 +58,10 @@ def start(num_cpus: int = 8, port: int = 6390, dashboard_port: int = 8275) -> Lo
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
         f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
         "--include-dashboard=true",
+        # Free ports for the per-node agents: the defaults (52365, 10001, ...) are taken by any
+        # other Ray on the machine, and a job agent that cannot bind leaves the Jobs API with
+        # "No available agent to submit job".
+        *(f"--{name}={_free_port()}" for name in _AGENT_PORTS),
     ]  # fmt: skip
     cluster = LocalCluster(
         f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{port}", token, temp_dir, marker
@@ -73,6 +78,21 @@ def start(num_cpus: int = 8, port: int = 6390, dashboard_port: int = 8275) -> Lo
         except Exception:
             time.sleep(1)
     return cluster
+
+
+_AGENT_PORTS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+    "ray-client-server-port",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _marked_pids(marker: str) -> list[int]:

@@ -5,6 +5,7 @@ token is a one-line error. Slow: starts a cluster and runs real jobs (~3-5 min).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -99,3 +100,17 @@ def test_submit_train_then_eval_succeed(
     assert job_id in listed.stdout
     logs = eopd("jobs", "logs", job_id, "--address", cluster.address, env=cluster.client_env())
     assert "done: 3 iterations" in logs.stdout
+
+    evaluation = eopd(
+        "submit", "eval", "configs/eval-tiny.yaml",
+        f"checkpoints=[{{name: step3, path: {checkpoint}}}]",
+        "benchmarks=[{name: gsm8k, source: gsm8k, limit: 2}]",
+        "sampling.samples=2", "sampling.max_tokens=16", "entropy.samples_per_problem=0",
+        f"output_dir={tmp_path / 'eval'}",
+        "--address", cluster.address, "--python", sys.executable,
+        env=cluster.client_env(),
+    )  # fmt: skip
+    assert evaluation.returncode == 0, evaluation.stdout[-4000:] + evaluation.stderr[-4000:]
+    assert evaluation.stdout.rstrip().endswith("SUCCEEDED")
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert "step3" in json.dumps(results)
