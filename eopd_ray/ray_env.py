@@ -1,10 +1,11 @@
-"""Joining Ray: the one place that decides between a cluster and the embedded local Ray."""
+"""Joining Ray (a cluster, the Ray job's cluster or the embedded local Ray) and placing roles."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from eopd_ray.config import RayConfig
+from eopd_ray.config import LabelSelector, RayConfig, Resources
 
 
 def init_ray(ray_config: RayConfig, address: str | None, kv_cache_gib: int) -> None:
@@ -25,3 +26,16 @@ def init_ray(ray_config: RayConfig, address: str | None, kv_cache_gib: int) -> N
         ray.init(log_to_driver=False)
     else:
         ray.init(num_cpus=ray_config.num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def role_placement(
+    num_cpus: float, num_gpus: float, resources: Resources, label_selector: LabelSelector
+) -> dict[str, Any]:
+    """Ray actor options placing one role's actor: CPUs / GPUs, plus custom resources and a node
+    label selector when the config sets them (empty ones are left out: Ray rejects none)."""
+    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if resources:
+        options["resources"] = dict(resources)
+    if label_selector:
+        options["label_selector"] = dict(label_selector)
+    return options

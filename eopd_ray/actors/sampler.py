@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from eopd_ray.ray_env import role_placement
 from eopd_ray.rollout import Rollout
 
 if TYPE_CHECKING:
@@ -477,17 +478,11 @@ class SamplerActor:
 
 def sampler_actor_options(config: SamplerConfig) -> dict[str, Any]:
     """Ray actor options of one sampler: resources, no automatic restart, a control group."""
-    options: dict[str, Any] = {
-        "num_cpus": config.num_cpus,
-        "num_gpus": config.num_gpus,
+    return {
+        **role_placement(config.num_cpus, config.num_gpus, config.resources, config.label_selector),
         "max_restarts": 0,
         "max_concurrency": 1,  # generate calls run one at a time (the control group aside)
     }
-    if config.resources:
-        options["resources"] = dict(config.resources)
-    if config.label_selector:
-        options["label_selector"] = dict(config.label_selector)
-    return options
 
 
 def start_sampler_actor(

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from ray import serve
 
+from eopd_ray.ray_env import role_placement
 from eopd_ray.rollout import Rollout, TeacherScores
 
 if TYPE_CHECKING:
@@ -420,13 +421,10 @@ def deployment_options(service: TeacherServiceConfig) -> dict[str, Any]:
 
     A fixed ``num_replicas`` when min == max, else Serve autoscaling on ongoing requests. Each
     replica accepts two batches' worth of requests, so the next batch fills while one runs."""
-    actor_options: dict[str, Any] = {"num_cpus": service.num_cpus, "num_gpus": service.num_gpus}
-    if service.resources:
-        actor_options["resources"] = dict(service.resources)
-    if service.label_selector:
-        actor_options["label_selector"] = dict(service.label_selector)
     options: dict[str, Any] = {
-        "ray_actor_options": actor_options,
+        "ray_actor_options": role_placement(
+            service.num_cpus, service.num_gpus, service.resources, service.label_selector
+        ),
         "max_ongoing_requests": 2 * service.max_batch_size,
     }
     if service.min_replicas == service.max_replicas:

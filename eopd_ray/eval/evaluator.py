@@ -30,6 +30,7 @@ import numpy as np
 from eopd_ray.eval.benchmarks import EvalProblem
 from eopd_ray.eval.config import CheckpointSpec, EvalConfig
 from eopd_ray.eval.metrics import HIGH_ENTROPY_NATS, entropy_edges, entropy_histogram
+from eopd_ray.ray_env import role_placement
 
 
 def problem_seed_id(benchmark: str, problem_id: str) -> int:
@@ -194,15 +195,10 @@ class EvalPool:
         import ray
 
         actors = config.actors
-        options: dict[str, Any] = {
-            "num_cpus": actors.num_cpus,
-            "num_gpus": actors.num_gpus,
-            "max_restarts": 0,
-        }
-        if actors.resources:
-            options["resources"] = dict(actors.resources)
-        if actors.label_selector:
-            options["label_selector"] = dict(actors.label_selector)
+        options = role_placement(
+            actors.num_cpus, actors.num_gpus, actors.resources, actors.label_selector
+        )
+        options["max_restarts"] = 0
         remote = ray.remote(EvalActor)
         self.actors = [
             remote.options(**options).remote(config, checkpoint) for _ in range(actors.num_actors)
