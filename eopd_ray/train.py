@@ -67,12 +67,7 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
             if it + 1 < iterations:
                 roles.pipeline.fill()  # the next prompts start at the new version right away
             metrics = iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0)
-            if roles.scaler is not None:  # grow / shrink the sampler pool (eopd_ray/autoscale.py)
-                metrics |= roles.scaler.step(metrics)
-            if config.teacher_service.min_replicas < config.teacher_service.max_replicas:
-                from eopd_ray.autoscale import serve_replicas
-
-                metrics["autoscale/teacher_replicas"] = serve_replicas(roles.teacher.app_name)
+            metrics |= autoscale(config, roles, metrics)  # sampler pool size; teacher replicas
             log.log(it, metrics)
             done = it + 1
             if done % config.pipeline.checkpoint_every == 0:
@@ -82,6 +77,19 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
         return write_summary(out, config, roles, final)
     finally:
         stop_roles(roles)
+
+
+def autoscale(config: RunConfig, roles: Roles, metrics: dict[str, float]) -> dict[str, float]:
+    """Grow or shrink the sampler pool on this iteration's signals (``eopd_ray/autoscale.py``)
+    and report the teacher's replica count, which Serve scales by itself."""
+    out: dict[str, float] = {}
+    if roles.scaler is not None:
+        out |= roles.scaler.step(metrics)
+    if config.teacher_service.min_replicas < config.teacher_service.max_replicas:
+        from eopd_ray.autoscale import serve_replicas
+
+        out["autoscale/teacher_replicas"] = serve_replicas(roles.teacher.app_name)
+    return out
 
 
 def start_roles(config: RunConfig) -> Roles:
