@@ -67,8 +67,8 @@ def packed_batch(
     examples: list[tuple[list[int], list[int]]], rows: int, row_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate (prompt, response) examples into ``rows`` rows of ``row_tokens`` tokens:
-    ``input_ids`` and ``labels`` [rows, row_tokens], labels -100 on prompt tokens. Consumes
-    examples from the front of the list. Rows attend across example boundaries (standard
+    ``input_ids`` and ``labels`` [rows, row_tokens], labels -100 on prompt tokens. Pops (consumes)
+    examples from the end of the list. Rows attend across example boundaries (standard
     packing without masks; harmless for this task and cheaper than padding)."""
     need = rows * row_tokens
     ids: list[int] = []
