@@ -93,7 +93,7 @@ class DataConfig(_Section):
     answer_field: str = "answer"
     synthetic_problems: int = Field(2000, ge=1)
     # Operand sizes of the synthetic task (``synthetic_math.DIFFICULTIES``); match the pre-training.
-    synthetic_difficulty: Literal["standard", "easy"] = "standard"
+    synthetic_difficulty: Literal["standard", "easy", "small"] = "standard"
     epochs: int = Field(1, ge=1)
     prompt_suffix: str = "Please reason step by step, and put your final answer within \\boxed{}."
 

@@ -144,9 +144,9 @@ def _frac(num: int | str, den: int | str) -> str:
 class NumberRanges:
     """How large the numbers of each family get (``generate_problems(difficulty=...)``).
 
-    ``standard`` is the original task; ``easy`` keeps every family and the whole solution grammar
-    (so the same branching) but draws smaller operands, so intermediate results have fewer digits
-    and the arithmetic is within reach of the CPU preset's few-minute pre-training."""
+    ``standard`` is the original task; ``easy`` and ``small`` keep every family and the whole
+    solution grammar (so the same branching) but draw smaller operands, so intermediate results
+    have fewer digits and the arithmetic is within reach of a few minutes of CPU pre-training."""
 
     term_max: int = 20  # add_sub: |term| in [1, term_max]
     extra_terms: tuple[int, int] = (2, 3)  # add_sub: terms after the first
@@ -175,6 +175,21 @@ DIFFICULTIES: dict[str, NumberRanges] = {
         groups_max=4,
         per_group_max=5,
         start_max=20,
+    ),
+    # The CPU preset's task: operands small enough that a 3.5M-parameter teacher pre-trained for
+    # a few minutes gets most answers right, with the same families and solution grammar.
+    "small": NumberRanges(
+        term_max=5,
+        extra_terms=(1, 2),
+        factor_max=3,
+        inner_max=5,
+        coef_max=3,
+        x_range=(-3, 5),
+        const_max=5,
+        den_max=4,
+        groups_max=3,
+        per_group_max=4,
+        start_max=10,
     ),
 }
 

@@ -3,12 +3,14 @@
 The tiny preset needs a teacher that knows the task, with the branching uncertainty of its
 solutions, and a weaker student that already speaks the format: both are fine-tuned on prompts
 rendered with the model's chat template and freshly sampled solution paths (so the models learn
-the distribution over paths, not one path). Examples are packed into fixed-length rows (no
-padding: the CPU spends its time on real tokens). The student gets fewer steps than the teacher,
-so distillation has something to close. Both are then graded on held-out problems (sampling at
-temperature 1, as the distillation run samples), and the accuracies go into ``pretrain.json``.
+the distribution over paths, not one path). One example per row, right-padded: packing examples
+into rows without a block mask let the model read the previous problems' numbers, and it never
+learned to copy its own operands. The student gets fewer steps than the teacher, so distillation
+has something to close. Both are then graded on held-out problems that are disjoint from the
+training problems (sampling at temperature 1, as the distillation run samples), and the
+accuracies go into ``pretrain.json``.
 
-    python -m eopd_ray.models.pretrain --out runs/tiny-models    # a few minutes on 2 cores, cached
+    python -m eopd_ray.models.pretrain --out runs/tiny-models    # ~14 min on 2 cores, cached
 
 The result is cached: a folder whose ``pretrain.json`` matches the requested settings is reused.
 """
@@ -39,14 +41,13 @@ _HELD_OUT_SEED_OFFSET = 10_000
 class PretrainSettings:
     seed: int = 0
     num_problems: int = 2000
-    difficulty: str = "easy"  # a ``synthetic_math.DIFFICULTIES`` name; the tiny preset matches it
-    teacher_steps: int = 300
-    student_steps: int = 30
-    rows: int = 8  # packed rows per step
-    row_tokens: int = 512  # tokens per packed row
+    difficulty: str = "small"  # a ``synthetic_math.DIFFICULTIES`` name; the tiny preset matches it
+    teacher_steps: int = 600
+    student_steps: int = 60
+    batch_examples: int = 48  # examples (rows) per step
     lr: float = 3e-3
-    eval_problems: int = 128
-    version: int = 2  # bump when the task or the recipe changes, to invalidate caches
+    eval_problems: int = 256
+    version: int = 3  # bump when the task or the recipe changes, to invalidate caches
 
 
 def _examples(
@@ -63,22 +64,20 @@ def _examples(
     return out
 
 
-def packed_batch(
-    examples: list[tuple[list[int], list[int]]], rows: int, row_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate (prompt, response) examples into ``rows`` rows of ``row_tokens`` tokens:
-    ``input_ids`` and ``labels`` [rows, row_tokens], labels -100 on prompt tokens. Pops (consumes)
-    examples from the end of the list. Rows attend across example boundaries (standard
-    packing without masks; harmless for this task and cheaper than padding)."""
-    need = rows * row_tokens
-    ids: list[int] = []
-    labels: list[int] = []
-    while len(ids) < need:
-        prompt, response = examples.pop()
-        ids += prompt + response
-        labels += [-100] * len(prompt) + response
-    shape = (rows, row_tokens)
-    return torch.tensor(ids[:need]).view(shape), torch.tensor(labels[:need]).view(shape)
+def padded_batch(
+    examples: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One (prompt, response) example per row, right-padded to the longest: ``input_ids``,
+    ``attention_mask`` and ``labels`` [len(examples), longest]; labels are -100 on prompt and
+    padding tokens."""
+    width = max(len(p) + len(r) for p, r in examples)
+    ids, mask, labels = [], [], []
+    for prompt, response in examples:
+        pad = width - len(prompt) - len(response)
+        ids.append(prompt + response + [pad_id] * pad)
+        mask.append([1] * (len(prompt) + len(response)) + [0] * pad)
+        labels.append([-100] * len(prompt) + response + [-100] * pad)
+    return torch.tensor(ids), torch.tensor(mask), torch.tensor(labels)
 
 
 def sft(
@@ -86,12 +85,11 @@ def sft(
     problems: list[Problem],
     *,
     steps: int,
-    rows: int,
-    row_tokens: int,
+    batch_examples: int,
     lr: float,
     seed: int,
 ) -> dict[str, float]:
-    """Fine-tune the model in ``model_dir`` in place on packed (prompt, sampled solution) rows."""
+    """Fine-tune the model in ``model_dir`` in place on (prompt, sampled solution) examples."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -106,11 +104,11 @@ def sft(
     pending: list[tuple[list[int], list[int]]] = []
     losses: list[float] = []
     for _ in range(steps):
-        # Refill before a step could run dry: no example is shorter than 16 tokens.
-        if len(pending) < rows * row_tokens // 16:
+        if len(pending) < batch_examples:
             pending = _examples(tokenizer, problems, rng) + pending
-        input_ids, labels = packed_batch(pending, rows, row_tokens)
-        loss = model(input_ids=input_ids, labels=labels).loss
+        batch, pending = pending[-batch_examples:], pending[:-batch_examples]
+        input_ids, attention_mask, labels = padded_batch(batch, tokenizer.pad_token_id)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -169,6 +167,30 @@ def task_accuracy(
     return correct / max(len(problems), 1)
 
 
+def training_problems(settings: PretrainSettings) -> list[Problem]:
+    """The problems both models are pre-trained on."""
+    return generate_problems(settings.num_problems, settings.seed, difficulty=settings.difficulty)
+
+
+def held_out_problems(settings: PretrainSettings) -> list[Problem]:
+    """``settings.eval_problems`` problems none of which is a training problem. With small
+    operands a fresh draw repeats many training problems, so candidates are drawn from a seed the
+    training set never uses and the repeats are dropped."""
+    seen = {p.problem for p in training_problems(settings)}
+    candidates = generate_problems(
+        8 * settings.eval_problems,
+        settings.seed + _HELD_OUT_SEED_OFFSET,
+        difficulty=settings.difficulty,
+    )
+    fresh = [p for p in candidates if p.problem not in seen]
+    if len(fresh) < settings.eval_problems:
+        raise ValueError(
+            f"only {len(fresh)} of {len(candidates)} candidate problems are not training "
+            f"problems; lower eval_problems ({settings.eval_problems}) or num_problems"
+        )
+    return fresh[: settings.eval_problems]
+
+
 def prepare_tiny_models(
     out_dir: str | Path, settings: PretrainSettings | None = None
 ) -> tuple[Path, Path]:
@@ -184,20 +206,9 @@ def prepare_tiny_models(
     teacher_dir, student_dir = build_tiny_pair(
         out, seed=settings.seed, num_problems=settings.num_problems
     )
-    problems = generate_problems(
-        settings.num_problems, settings.seed, difficulty=settings.difficulty
-    )
-    held_out = generate_problems(
-        settings.eval_problems,
-        settings.seed + _HELD_OUT_SEED_OFFSET,
-        difficulty=settings.difficulty,
-    )
-    common = {
-        "rows": settings.rows,
-        "row_tokens": settings.row_tokens,
-        "lr": settings.lr,
-        "seed": settings.seed,
-    }
+    problems = training_problems(settings)
+    held_out = held_out_problems(settings)
+    common = {"batch_examples": settings.batch_examples, "lr": settings.lr, "seed": settings.seed}
     report: dict[str, object] = {}
     for role, model_dir, steps in (
         ("teacher", teacher_dir, settings.teacher_steps),

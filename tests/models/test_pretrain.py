@@ -1,30 +1,50 @@
-"""Pre-training helpers: packing layout (hand-built), a short real fine-tune, the cache."""
+"""Pre-training helpers: batch layout (hand-built), held-out split, a short fine-tune, the cache."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from eopd_ray.data.synthetic_math import generate_problems
-from eopd_ray.models.pretrain import PretrainSettings, packed_batch, prepare_tiny_models, sft
+from eopd_ray.data.synthetic_math import DIFFICULTIES, NumberRanges, generate_problems
+from eopd_ray.models.pretrain import (
+    PretrainSettings,
+    held_out_problems,
+    padded_batch,
+    prepare_tiny_models,
+    sft,
+    training_problems,
+)
 
 
-def test_packed_batch_concatenates_and_masks_prompts() -> None:
-    # popped from the end: (prompt [1, 2], response [3]) first, then ([4], [5, 6]), then ([7], [8]).
-    examples = [([7], [8]), ([4], [5, 6]), ([1, 2], [3])]
-    ids, labels = packed_batch(examples, rows=2, row_tokens=3)
-    assert ids.tolist() == [[1, 2, 3], [4, 5, 6]]
-    assert labels.tolist() == [[-100, -100, 3], [-100, 5, 6]]
-    assert examples == [([7], [8])]  # only what was needed was consumed
+def test_padded_batch_one_example_per_row_masks_prompt_and_padding() -> None:
+    examples = [([1, 2], [3]), ([4], [5, 6, 7])]
+    ids, attention, labels = padded_batch(examples, pad_id=0)
+    assert ids.tolist() == [[1, 2, 3, 0], [4, 5, 6, 7]]
+    assert attention.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert labels.tolist() == [[-100, -100, 3, -100], [-100, 5, 6, 7]]
 
 
-def test_packed_batch_cuts_the_last_example_at_the_row_end() -> None:
-    examples = [([1], [2, 3, 4, 5])]
-    ids, labels = packed_batch(examples, rows=1, row_tokens=3)
-    assert ids.tolist() == [[1, 2, 3]]
-    assert labels.tolist() == [[-100, 2, 3]]
+def test_held_out_problems_are_disjoint_from_the_training_problems() -> None:
+    settings = PretrainSettings(num_problems=200, eval_problems=50)
+    train = {p.problem for p in training_problems(settings)}
+    held_out = held_out_problems(settings)
+    assert len(held_out) == 50
+    assert len({p.problem for p in held_out}) == 50
+    assert not train & {p.problem for p in held_out}
+
+
+def test_held_out_problems_refuses_an_exhausted_problem_space(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Operands fixed at their minimum: a few hundred distinct problems (the word family's names
+    # and items), all of them among 2000 training problems.
+    minimal = NumberRanges(1, (1, 1), 2, 1, 2, (1, 1), 1, 2, 2, 2, 1)
+    monkeypatch.setitem(DIFFICULTIES, "minimal", minimal)
+    with pytest.raises(ValueError, match="not training problems"):
+        held_out_problems(PretrainSettings(num_problems=2000, difficulty="minimal"))
 
 
 def test_sft_lowers_the_loss(tiny_models: tuple[Path, Path], tmp_path: Path) -> None:
@@ -34,8 +54,8 @@ def test_sft_lowers_the_loss(tiny_models: tuple[Path, Path], tmp_path: Path) -> 
     shutil.copytree(tiny_models[1], student)
     before = {k: v.clone() for k, v in _weights(student).items()}
     report = sft(
-        student, generate_problems(64, 0, difficulty="easy"), steps=12, rows=2,
-        row_tokens=128, lr=3e-3, seed=0,
+        student, generate_problems(64, 0, difficulty="small"), steps=12, batch_examples=8,
+        lr=3e-3, seed=0,
     )  # fmt: skip
     assert report["steps"] == 12
     assert report["loss_last"] < report["loss_first"] - 0.5
@@ -45,7 +65,7 @@ def test_sft_lowers_the_loss(tiny_models: tuple[Path, Path], tmp_path: Path) -> 
 
 def test_prepare_tiny_models_reuses_a_matching_cache(tmp_path: Path) -> None:
     settings = PretrainSettings(
-        num_problems=64, teacher_steps=2, student_steps=1, rows=1, row_tokens=64, eval_problems=4
+        num_problems=64, teacher_steps=2, student_steps=1, batch_examples=2, eval_problems=4
     )
     teacher, student = prepare_tiny_models(tmp_path, settings)
     marker = json.loads((tmp_path / "pretrain.json").read_text())
