@@ -17,7 +17,8 @@ from eopd_ray.config import load_config
 from eopd_ray.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+# Pre-training runs inside the first test's fixture set-up, which the timeout counts: ~15 min on CI.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 @pytest.fixture(scope="session")
