@@ -109,6 +109,10 @@ def test_ctrl_c_stops_and_keeps_the_last_checkpoint(
             "pipeline.iterations=200",
             "pipeline.checkpoint_every=1",
             "rollout.max_response_tokens=16",
+            # Short iterations, so the signal lands mid-run as it did with the former preset.
+            "rollout.batch_prompts=8",
+            "rollout.mini_batch_prompts=8",
+            "rollout.samples_per_prompt=1",
             "--no-progress",
         ],
         stdout=subprocess.PIPE,
