@@ -24,13 +24,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from eopd_ray.actors.chat import render_prompt
-from eopd_ray.data.synthetic_math import PROMPT_SUFFIX, Problem, sample_solution
+from eopd_ray.data.synthetic_math import Problem
 from eopd_ray.learners.loss import VARIANTS, eopd_loss
 from eopd_ray.models.pretrain import (
     PretrainSettings,
     held_out_problems,
+    left_padded_prompts,
     padded_batch,
+    solution_examples,
     task_accuracy,
     training_problems,
 )
@@ -52,11 +53,8 @@ def rollouts(
     """Sample one response per problem at temperature 1. Returns ``sequences`` [B, P + R] (prompts
     left-padded), ``attention`` [B, P + R], the prompt width P and the response ``mask`` [B, R]
     (up to and including the end-of-turn token)."""
-    prompts = [render_prompt(tokenizer, p.problem, "model", PROMPT_SUFFIX) for p in problems]
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids, attention = left_padded_prompts(tokenizer, problems)
+    width = ids.shape[1]
     student.eval()
     sequences = student.generate(
         input_ids=ids,
@@ -113,14 +111,7 @@ def sft_step(
     rng: random.Random,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy on a freshly sampled ground-truth solution of each problem (the control)."""
-    end = tokenizer.convert_tokens_to_ids(IM_END)
-    examples = [
-        (
-            render_prompt(tokenizer, p.problem, "model", PROMPT_SUFFIX),
-            [*tokenizer.encode(sample_solution(p, rng), add_special_tokens=False), end],
-        )
-        for p in problems
-    ]
+    examples = solution_examples(tokenizer, problems, rng)
     ids, attention, labels = padded_batch(examples, tokenizer.pad_token_id)
     loss = student(input_ids=ids, attention_mask=attention, labels=labels).loss
     return loss, {"loss": loss.item()}

@@ -50,7 +50,7 @@ class PretrainSettings:
     version: int = 3  # bump when the task or the recipe changes, to invalidate caches
 
 
-def _examples(
+def solution_examples(
     tokenizer: PreTrainedTokenizerBase, problems: list[Problem], rng: random.Random
 ) -> list[tuple[list[int], list[int]]]:
     """One shuffled pass over ``problems``: (prompt ids, response ids + end-of-turn), each with a
@@ -105,7 +105,7 @@ def sft(
     losses: list[float] = []
     for _ in range(steps):
         if len(pending) < batch_examples:
-            pending = _examples(tokenizer, problems, rng) + pending
+            pending = solution_examples(tokenizer, problems, rng) + pending
         batch, pending = pending[-batch_examples:], pending[:-batch_examples]
         input_ids, attention_mask, labels = padded_batch(batch, tokenizer.pad_token_id)
         loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
@@ -125,6 +125,19 @@ def sft(
 
 
 @torch.no_grad()
+def left_padded_prompts(
+    tokenizer: PreTrainedTokenizerBase, problems: list[Problem]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The problems' chat-templated prompts left-padded for ``generate``: ``input_ids`` and
+    ``attention_mask`` [len(problems), longest prompt]."""
+    prompts = [render_prompt(tokenizer, p.problem, "model", PROMPT_SUFFIX) for p in problems]
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, attention
+
+
 def task_accuracy(
     model_dir: Path,
     problems: list[Problem],
@@ -147,11 +160,8 @@ def task_accuracy(
     correct = 0
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        prompts = [render_prompt(tokenizer, p.problem, "model", PROMPT_SUFFIX) for p in chunk]
-        width = max(len(p) for p in prompts)
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        ids, attention = left_padded_prompts(tokenizer, chunk)
+        width = ids.shape[1]
         sampled = temperature > 0
         out = model.generate(
             input_ids=ids,
