@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(func=_cmd_config)
 
     tiny = sub.add_parser(
-        "tiny-models", help="build and pre-train the offline tiny teacher and student (cached)"
+        "tiny-models",
+        help="pre-train the offline tiny teacher and prune it into the student (cached)",
     )
     tiny.add_argument("--out", default="runs/tiny-models", help="output folder")
     tiny.add_argument("--seed", type=int, default=0)

@@ -1,10 +1,9 @@
-"""The tiny preset distils for real: pre-trained tiny teacher and student (cached under
-``runs/tiny-models``, as ``make run`` builds them), an ``eopd-ray train`` run of the preset, and
-the student's reverse and forward KL to the teacher, measured on its own rollouts, go down; its
-accuracy on held-out problems is measured before and after (see the README: it does not rise
-yet, so the test only guards against a run that wrecks the student).
+"""The tiny preset distils for real: the pre-trained tiny teacher and its pruned student (cached
+under ``runs/tiny-models``, as ``make run`` builds them), an ``eopd-ray train`` run of the preset
+as ``make run`` starts it: the student's reverse and forward KL to the teacher, measured on its
+own rollouts, go down, and its accuracy on held-out problems goes up.
 
-Slow: pre-training takes ~14 min on a fresh 2-core machine (then it is cached), the run ~4 min.
+Slow: pre-training takes ~14 min on a fresh 2-core machine (then it is cached), the run ~5 min.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
 
-def test_tiny_preset_student_moves_towards_the_teacher(
+def test_tiny_preset_student_learns_from_the_teacher(
     ray_local: None, pretrained_models: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from eopd_ray.models.pretrain import PretrainSettings, held_out_problems, task_accuracy
@@ -45,26 +44,26 @@ def test_tiny_preset_student_moves_towards_the_teacher(
             f"teacher.path={teacher}",
             f"student.path={student}",
             f"output_dir={tmp_path}",
-            "data.epochs=3",  # 48 iterations: a clearer trend than the preset's 32
         ],
     )
     summary = train(config, None, False)
     rows = read_metrics(tmp_path / "metrics.jsonl")
-    assert summary["iterations"] == len(rows) == 48
+    assert summary["iterations"] == len(rows) == 32
     first, last = rows[:6], rows[-6:]
     # On-policy estimates over the student's own samples: reverse KL per sampled token, forward KL
-    # over the teacher's top-k. Measured (48 iterations, first vs last 6): see the README.
-    assert _mean(last, "train/reverse_kl") < 0.85 * _mean(first, "train/reverse_kl")
-    assert _mean(last, "train/fkl_mean") < 0.92 * _mean(first, "train/fkl_mean")
+    # over the teacher's top-k. Measured (first vs last 6 iterations): see the README.
+    assert _mean(last, "train/reverse_kl") < 0.6 * _mean(first, "train/reverse_kl")
+    assert _mean(last, "train/fkl_mean") < 0.6 * _mean(first, "train/fkl_mean")
+    assert _mean(last, "rollout/accuracy") > _mean(first, "rollout/accuracy") + 0.05
     # EOPD's gate must be selective: neither ~0 nor ~all positions above tau.
     share = _mean(rows, "train/high_entropy_frac")
     assert 0.05 < share < 0.9
     assert all(0.0 <= r["rollout/accuracy"] <= 1.0 for r in rows)
 
     # Held-out accuracy at temperature 1, 4 samples on each of 256 problems the models were never
-    # trained on. A run that wrecks the student (e.g. a too-high learning rate) fails here.
+    # trained on (standard error of each figure < 0.015).
     problems = held_out_problems(PretrainSettings()) * 4
     before = task_accuracy(student, problems, seed=1)
     after = task_accuracy(Path(summary["final_checkpoint"]), problems, seed=1)
     print(f"held-out accuracy: {before:.3f} -> {after:.3f}")
-    assert after > before - 0.03
+    assert after > before + 0.05

