@@ -75,14 +75,19 @@ class RolloutBuffer:
             len(g) for g in self._partial.values()
         )
 
+    @staticmethod
+    def _oldest_version(group: list[ScoredRollout]) -> int:
+        return min(s.rollout.min_version for s in group)
+
     def is_fresh(self, group: list[ScoredRollout], learner_version: int) -> bool:
-        oldest = min(s.rollout.min_version for s in group)
-        return learner_version - oldest <= self.max_staleness
+        return learner_version - self._oldest_version(group) <= self.max_staleness
 
     def take(
         self, num_groups: int, learner_version: int
     ) -> tuple[list[ScoredRollout], list[ScoredRollout]]:
-        """Pop up to ``num_groups`` fresh groups in arrival order.
+        """Pop up to ``num_groups`` fresh groups, oldest policy version first (arrival order
+        among equal versions). Scored chunks can arrive out of order (e.g. one scoring task starts
+        late); taking the oldest first keeps them from ageing past the bound behind newer ones.
 
         Returns ``(batch, stale)``: the rollouts of the fresh groups, flattened, and every rollout
         of the stale groups met on the way (removed from the buffer; the caller drops or rescores).
@@ -90,7 +95,8 @@ class RolloutBuffer:
         batch: list[ScoredRollout] = []
         stale: list[ScoredRollout] = []
         taken = 0
-        for prompt_id in list(self._ready):
+        oldest_first = sorted(self._ready, key=lambda pid: self._oldest_version(self._ready[pid]))
+        for prompt_id in oldest_first:
             if taken == num_groups:
                 break
             group = self._ready.pop(prompt_id)

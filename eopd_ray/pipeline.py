@@ -8,8 +8,11 @@ overlap is what ``max_staleness`` > 0 buys.
 Admission control (DESIGN.md §2): at learner version ``v`` at most ``(η + 1) · batch_prompts``
 prompt groups are admitted (in flight or buffered). The learner consumes ``batch_prompts`` per
 version, so a rollout generated at version ``u`` is consumed by version ``u + η`` at the latest:
-stale data is prevented rather than thrown away. What is still stale at take time (e.g. after a
-sampler restart) is counted and, per ``pipeline.stale_policy``, dropped or re-sampled.
+stale data is prevented rather than thrown away. That argument needs chunks to be consumed in
+admission order, so a batch is not assembled while a chunk admitted at ``v - η`` (due now) is
+still being scored, even if newer chunks have arrived: a late scoring task (e.g. one waiting for a
+worker process) would otherwise go stale behind them. What is still stale at take time (e.g. after
+a sampler restart) is counted and, per ``pipeline.stale_policy``, dropped or re-sampled.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class _Chunk:
     sampler_ref: Any
     requests: list[Request]
     submitted_at: float
+    admitted_version: int  # learner version when submitted: due for the batch of version + η
 
 
 class RolloutPipeline:
@@ -74,6 +78,7 @@ class RolloutPipeline:
         self._score = ray.remote(num_cpus=0, max_retries=0)(_score_rollouts)
         self._in_flight: dict[Any, _Chunk] = {}  # scoring ref -> chunk
         self._resample: deque[Request] = deque()
+        self.version = 0  # the learner version that admissions are made at
         self.exhausted = False
         self.resampled = 0
         self.dropped = 0
@@ -85,10 +90,13 @@ class RolloutPipeline:
         groups_buffered = self.buffer.pending_rollouts() // self.rollout.samples_per_prompt
         return in_flight + groups_buffered
 
-    def fill(self, reserved: int = 0) -> int:
+    def fill(self, version: int | None = None, reserved: int = 0) -> int:
         """Submit prompts until (η + 1) · batch_prompts groups are admitted; returns how many.
 
+        ``version``: the learner's current version (kept from the last call when omitted);
         ``reserved``: groups already taken into the batch being assembled (not trained yet)."""
+        if version is not None:
+            self.version = version
         limit = (self.config.max_staleness + 1) * self.rollout.batch_prompts - reserved
         submitted = 0
         while (room := limit - self.admitted_groups()) > 0:
@@ -116,7 +124,9 @@ class RolloutPipeline:
 
     def _chain(self, sampler_ref: Any, requests: list[Request]) -> None:
         score_ref = self._score.remote(sampler_ref, self.teacher.handle)
-        self._in_flight[score_ref] = _Chunk(sampler_ref, list(requests), time.perf_counter())
+        self._in_flight[score_ref] = _Chunk(
+            sampler_ref, list(requests), time.perf_counter(), self.version
+        )
 
     # ------------------------------------------------------------------ consumption
     def _collect(self, timeout_s: float) -> None:
@@ -148,10 +158,14 @@ class RolloutPipeline:
         Returns a smaller (possibly empty) batch only when the prompts have run out.
         """
         started = time.perf_counter()
+        self.version = learner_version
         want = self.rollout.batch_prompts
         batch: list[ScoredRollout] = []
         got = 0
         while got < want:
+            if self._due_in_flight(learner_version):
+                self._wait(started, timeout_s)
+                continue
             taken, stale = self.buffer.take(want - got, learner_version)
             batch += taken
             got += len(taken) // self.rollout.samples_per_prompt
@@ -163,10 +177,18 @@ class RolloutPipeline:
                 if self.exhausted and not self._resample:
                     break
                 continue
-            if time.perf_counter() - started > timeout_s:
-                raise TimeoutError(f"no batch within {timeout_s:.0f} s")
-            self._collect(timeout_s=1.0)
+            self._wait(started, timeout_s)
         return batch, time.perf_counter() - started
+
+    def _due_in_flight(self, learner_version: int) -> bool:
+        """Whether a chunk that must be consumed at ``learner_version`` is still in flight."""
+        eta = self.config.max_staleness
+        return any(c.admitted_version + eta <= learner_version for c in self._in_flight.values())
+
+    def _wait(self, started: float, timeout_s: float) -> None:
+        if time.perf_counter() - started > timeout_s:
+            raise TimeoutError(f"no batch within {timeout_s:.0f} s")
+        self._collect(timeout_s=1.0)
 
     def _handle_stale(self, stale: list[ScoredRollout]) -> None:
         if not stale:

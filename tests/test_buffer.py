@@ -1,4 +1,4 @@
-"""RolloutBuffer: groups, FIFO order and the staleness bound."""
+"""RolloutBuffer: groups, take order (oldest version, then FIFO) and the staleness bound."""
 
 import numpy as np
 import pytest
@@ -46,6 +46,19 @@ def test_take_is_fifo_and_bounded_by_num_groups() -> None:
     batch, _ = buffer.take(2, learner_version=0)
     assert [s.rollout.prompt_id for s in batch] == [3, 1]
     assert buffer.ready_groups() == 1
+
+
+def test_take_prefers_the_oldest_version_then_arrival_order() -> None:
+    # A chunk generated at version 1 arrives after chunks of version 2 (its scoring ran late):
+    # with eta = 1 it is taken first at version 2 instead of going stale behind them.
+    buffer = RolloutBuffer(max_staleness=1, samples_per_prompt=1)
+    for prompt_id, versions in ((10, [2]), (11, [2, 2]), (5, [1, 2]), (6, [1])):
+        buffer.put(scored(prompt_id, 0, versions))
+    batch, stale = buffer.take(3, learner_version=2)
+    assert [s.rollout.prompt_id for s in batch] == [5, 6, 10]
+    assert stale == []
+    batch, _ = buffer.take(3, learner_version=3)
+    assert [s.rollout.prompt_id for s in batch] == [11]
 
 
 @pytest.mark.parametrize("eta", [0, 1, 2])

@@ -64,7 +64,7 @@ def run_versions(parts: tuple, eta: int, iterations: int) -> tuple[list[int], ob
     version = samplers.version
     lags: list[int] = []
     for _ in range(iterations):
-        pipeline.fill()
+        pipeline.fill(version)
         batch, _ = pipeline.next_batch(version)
         assert len(batch) == 4 * 2
         assert {s.rollout.prompt_id for s in batch}.__len__() == 4  # whole groups
@@ -74,7 +74,7 @@ def run_versions(parts: tuple, eta: int, iterations: int) -> tuple[list[int], ob
             lags.append(version - s.rollout.min_version)
         version += 1
         samplers.push_weights(weights, version)
-        pipeline.fill()
+        pipeline.fill(version)
     return lags, pipeline
 
 
@@ -118,3 +118,18 @@ def test_dead_sampler_is_restarted_and_its_prompts_rerun(parts: tuple) -> None:
     assert sorted(s.rollout.prompt_id for s in batch) == [r[0] for r in requests[:8]]  # none lost
     assert pipeline.sampler_restarts >= 1
     assert samplers.restarts >= 1
+
+
+@pytest.mark.parametrize("eta", [0, 1, 2])
+def test_a_batch_waits_for_the_chunks_due_at_its_version(eta: int) -> None:
+    """A chunk admitted at version u must be in a batch by version u + η: while one is still in
+    flight at that version, no batch is assembled (newer chunks may have arrived first)."""
+    from eopd_ray.pipeline import RolloutPipeline, _Chunk
+
+    rollout = RolloutConfig(batch_prompts=4, mini_batch_prompts=4, samples_per_prompt=1)
+    pipeline = RolloutPipeline(lambda n: [], None, None, rollout, PipelineConfig(max_staleness=eta))
+    pipeline._in_flight = {"late": _Chunk(None, [], 0.0, admitted_version=3)}
+    assert not pipeline._due_in_flight(2 + eta)  # may still be consumed by a later version
+    assert pipeline._due_in_flight(3 + eta)  # must be in this batch: wait for it
+    pipeline._in_flight = {}
+    assert not pipeline._due_in_flight(3 + eta)
