@@ -127,7 +127,6 @@ def sft(
     }
 
 
-@torch.no_grad()
 def left_padded_prompts(
     tokenizer: PreTrainedTokenizerBase, problems: list[Problem]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +140,7 @@ def left_padded_prompts(
     return ids, attention
 
 
+@torch.no_grad()
 def task_accuracy(
     model_dir: Path,
     problems: list[Problem],
