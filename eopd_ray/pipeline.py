@@ -48,7 +48,7 @@ class _Chunk:
     sampler_ref: Any
     requests: list[Request]
     submitted_at: float
-    admitted_version: int  # learner version when submitted: due for the batch of version + η
+    admitted_version: int  # samplers' weights version when submitted: due at version + η
 
 
 class RolloutPipeline:
@@ -78,7 +78,6 @@ class RolloutPipeline:
         self._score = ray.remote(num_cpus=0, max_retries=0)(_score_rollouts)
         self._in_flight: dict[Any, _Chunk] = {}  # scoring ref -> chunk
         self._resample: deque[Request] = deque()
-        self.version = 0  # the learner version that admissions are made at
         self.exhausted = False
         self.resampled = 0
         self.dropped = 0
@@ -90,13 +89,10 @@ class RolloutPipeline:
         groups_buffered = self.buffer.pending_rollouts() // self.rollout.samples_per_prompt
         return in_flight + groups_buffered
 
-    def fill(self, version: int | None = None, reserved: int = 0) -> int:
+    def fill(self, reserved: int = 0) -> int:
         """Submit prompts until (η + 1) · batch_prompts groups are admitted; returns how many.
 
-        ``version``: the learner's current version (kept from the last call when omitted);
         ``reserved``: groups already taken into the batch being assembled (not trained yet)."""
-        if version is not None:
-            self.version = version
         limit = (self.config.max_staleness + 1) * self.rollout.batch_prompts - reserved
         submitted = 0
         while (room := limit - self.admitted_groups()) > 0:
@@ -124,8 +120,9 @@ class RolloutPipeline:
 
     def _chain(self, sampler_ref: Any, requests: list[Request]) -> None:
         score_ref = self._score.remote(sampler_ref, self.teacher.handle)
+        # The pool's version is that of the weights the chunk is generated at (or newer).
         self._in_flight[score_ref] = _Chunk(
-            sampler_ref, list(requests), time.perf_counter(), self.version
+            sampler_ref, list(requests), time.perf_counter(), self.samplers.version
         )
 
     # ------------------------------------------------------------------ consumption
@@ -158,7 +155,6 @@ class RolloutPipeline:
         Returns a smaller (possibly empty) batch only when the prompts have run out.
         """
         started = time.perf_counter()
-        self.version = learner_version
         want = self.rollout.batch_prompts
         batch: list[ScoredRollout] = []
         got = 0

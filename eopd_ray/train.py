@@ -57,7 +57,7 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
         done = start
         for it in range(start, iterations):
             t0 = time.perf_counter()
-            roles.pipeline.fill(version)  # generate: admission-controlled, runs while we train
+            roles.pipeline.fill()  # generate: admission-controlled, runs while we train
             batch, wait_s = roles.pipeline.next_batch(version)  # score -> buffer -> fresh batch
             if not batch:
                 break
@@ -65,7 +65,7 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
             version = roles.learner.version
             sync = roles.samplers.push_weights(roles.learner.state_dict(), version)  # sync
             if it + 1 < iterations:
-                roles.pipeline.fill(version)  # the next prompts start at the new version at once
+                roles.pipeline.fill()  # the next prompts start at the new version right away
             metrics = iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0)
             metrics |= autoscale(config, roles, metrics)  # sampler pool size; teacher replicas
             log.log(it, metrics)

@@ -64,7 +64,7 @@ def run_versions(parts: tuple, eta: int, iterations: int) -> tuple[list[int], ob
     version = samplers.version
     lags: list[int] = []
     for _ in range(iterations):
-        pipeline.fill(version)
+        pipeline.fill()
         batch, _ = pipeline.next_batch(version)
         assert len(batch) == 4 * 2
         assert {s.rollout.prompt_id for s in batch}.__len__() == 4  # whole groups
@@ -74,7 +74,7 @@ def run_versions(parts: tuple, eta: int, iterations: int) -> tuple[list[int], ob
             lags.append(version - s.rollout.min_version)
         version += 1
         samplers.push_weights(weights, version)
-        pipeline.fill(version)
+        pipeline.fill()
     return lags, pipeline
 
 
