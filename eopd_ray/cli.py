@@ -61,35 +61,44 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from eopd_ray.train import train
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, base_dir=Path.cwd())
     try:
         summary = train(config, address=args.address, progress=not args.no_progress)
     except (FileNotFoundError, ValueError) as exc:  # bad data / models: one line, no traceback
         raise UsageError(str(exc).splitlines()[0]) from None
     last = summary["last"]
     print(
-        f"done: {summary['iterations']} iterations, checkpoint {summary['final_checkpoint']}, "
+        f"done: {summary['iterations']} iterations, checkpoint "
+        f"{_shown(summary['final_checkpoint'])}, "
         f"reverse KL {last['train/reverse_kl']}, accuracy {last['rollout/accuracy']}"
     )
     return 0
+
+
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it (what the user typed)."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from eopd_ray.eval.config import EvalConfig
     from eopd_ray.eval.job import run_eval
 
-    config = load_config(args.config, args.overrides, model=EvalConfig)
+    config = load_config(args.config, args.overrides, model=EvalConfig, base_dir=Path.cwd())
     try:
         run_eval(config, address=args.address)
     except (FileNotFoundError, ValueError) as exc:  # bad data / models: one line, no traceback
         raise UsageError(str(exc).splitlines()[0]) from None
     print(Path(config.output_dir, "results.md").read_text(), end="")
-    print(f"wrote {config.output_dir}/results.json, results.md, pass_at_k.png, entropy.png")
+    print(f"wrote {_shown(config.output_dir)}/results.json, results.md, pass_at_k.png, entropy.png")
     return 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, base_dir=Path.cwd())
     print(dump_config(config), end="")
     return 0
 

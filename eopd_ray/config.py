@@ -7,15 +7,30 @@ file and the dotted key, e.g.::
     configs/tiny.yaml: loss.tau: must be >= 0 (got -1.0)
 
 Overrides use dotted paths and YAML scalars: ``loss.tau=1.0 optim.lr=3e-6 loss.variant=opd``.
+
+Paths are resolved once, at load, against the directory the command was started in
+(``load_config(..., base_dir=Path.cwd())``): every role (a Ray Train worker runs in a directory of
+its own) then reads and writes the same folders. A model path that does not exist locally stays a
+Hugging Face hub id only if it has the hub's ``owner/name`` form; anything else is a local path,
+checked before Ray starts (``eopd_ray/preflight.py``), so a typo never goes to the hub.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 LossVariant = Literal[
     "opd", "eopd", "full_fkl", "random_fkl", "entropy_bonus", "advantage_shaping", "kd", "grpo"
@@ -27,13 +42,46 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: ``optim.lr=.inf`` or ``loss.tau=nan`` is refused at load.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# A hub id is ``owner/name`` (letters, digits, ``-_.``); a missing folder of any other shape is a
+# local path that does not exist, reported as such instead of a 47 s hub look-up.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(path: str) -> bool:
+    """True when ``path`` is not a local file or folder but has the shape of a hub model id."""
+    return not Path(path).expanduser().exists() and bool(_HUB_ID.match(path))
+
+
+def _base_dir(info: ValidationInfo) -> Path | None:
+    context = info.context if isinstance(info.context, dict) else {}
+    return context.get("base_dir")
+
+
+def _resolve_local(value: str, info: ValidationInfo) -> str:
+    base = _base_dir(info)
+    return value if base is None else str((base / Path(value).expanduser()).resolve())
+
+
+def _resolve_model(value: str, info: ValidationInfo) -> str:
+    """Local folders become absolute; hub ids (``owner/name``, not present here) stay as given."""
+    if _base_dir(info) is None or is_hub_id(value):
+        return value
+    return _resolve_local(value, info)
+
+
+# Paths in a config: resolved when loaded with a base directory (what the CLI does).
+LocalPath = Annotated[str, Field(min_length=1), AfterValidator(_resolve_local)]
+ModelPath = Annotated[str, Field(min_length=1), AfterValidator(_resolve_model)]
 
 
 class ModelConfig(_Section):
     """A Hugging Face checkpoint folder (or hub name on a cluster with a model cache)."""
 
-    path: str = Field(min_length=1)
+    path: ModelPath
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     # Qwen3 non-thinking template of DESIGN.md for Qwen models, the model's own otherwise.
     chat_template: Literal["auto", "qwen3_nothink", "qwen3_base", "model"] = "auto"
@@ -62,6 +110,13 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, gt=0.0)
+    eps: float = Field(1e-8, gt=0.0)
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> OptimConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must each be in [0, 1), got {list(self.betas)}")
+        return self
 
 
 class RolloutConfig(_Section):
@@ -85,10 +140,17 @@ class RolloutConfig(_Section):
         return self
 
 
+def _resolve_data(value: str, info: ValidationInfo) -> str:
+    return value if value in BUILTIN_DATA else _resolve_local(value, info)
+
+
+BUILTIN_DATA = ("synthetic",)
+
+
 class DataConfig(_Section):
     """Training prompts: a JSONL file, or ``synthetic`` (the offline math task, tiny preset)."""
 
-    train: str = Field("synthetic", min_length=1)
+    train: Annotated[str, Field(min_length=1), AfterValidator(_resolve_data)] = "synthetic"
     prompt_field: str = "problem"
     answer_field: str = "answer"
     synthetic_problems: int = Field(2000, ge=1)
@@ -154,7 +216,7 @@ class SamplerConfig(_Section):
     num_gpus: float = Field(0.0, ge=0.0)
     resources: Resources = Field(default_factory=dict)
     label_selector: LabelSelector = Field(default_factory=dict)
-    max_model_len: int = Field(2048, ge=16)
+    max_model_len: int = Field(5120, ge=16, description="prompt + response tokens at most")
     kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(1, ge=1)
@@ -246,7 +308,7 @@ class RunConfig(_Section):
 
     name: str = "eopd"
     seed: int = 0
-    output_dir: str = "runs/eopd"
+    output_dir: LocalPath = Field("runs/eopd", validate_default=True)
     student: ModelConfig
     teacher: ModelConfig
     loss: LossConfig = LossConfig()
@@ -258,6 +320,17 @@ class RunConfig(_Section):
     teacher_service: TeacherServiceConfig = TeacherServiceConfig()
     learner: LearnerConfig = LearnerConfig()
     pipeline: PipelineConfig = PipelineConfig()
+
+    @model_validator(mode="after")
+    def _sequences_fit_the_engine(self) -> RunConfig:
+        longest = self.rollout.max_prompt_tokens + self.rollout.max_response_tokens
+        if longest > self.sampler.max_model_len:
+            raise ValueError(
+                f"rollout.max_prompt_tokens + rollout.max_response_tokens = {longest} exceeds "
+                f"sampler.max_model_len ({self.sampler.max_model_len}): raise max_model_len or "
+                "shorten the prompts / responses"
+            )
+        return self
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -305,19 +378,32 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{key}: {message}"
 
 
-def validate(data: dict[str, Any], source: str, model: type[BaseModel] = RunConfig) -> Any:
-    """Build ``model`` from ``data``; raise ConfigError naming ``source`` and every bad key."""
+def validate(
+    data: dict[str, Any],
+    source: str,
+    model: type[BaseModel] = RunConfig,
+    base_dir: Path | None = None,
+) -> Any:
+    """Build ``model`` from ``data``; raise ConfigError naming ``source`` and every bad key.
+
+    With ``base_dir``, relative paths become absolute against it (see the module docstring)."""
+    context = None if base_dir is None else {"base_dir": Path(base_dir).resolve()}
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         problems = "; ".join(_describe(error) for error in exc.errors())
         raise ConfigError(f"{source}: {problems}") from None
 
 
 def load_config(
-    path: str | Path, overrides: list[str] | None = None, model: type[BaseModel] = RunConfig
+    path: str | Path,
+    overrides: list[str] | None = None,
+    model: type[BaseModel] = RunConfig,
+    base_dir: Path | None = None,
 ) -> Any:
-    """Load a YAML preset, apply ``key=value`` overrides, and validate the result."""
+    """Load a YAML preset, apply ``key=value`` overrides, and validate the result.
+
+    ``base_dir``: resolve relative paths against it (the CLI passes the working directory)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -331,7 +417,7 @@ def load_config(
     if overrides:
         data = _merge(data, parse_overrides(overrides))
         source += " with overrides " + " ".join(overrides)
-    return validate(data, source, model)
+    return validate(data, source, model, base_dir)
 
 
 def dump_config(config: BaseModel) -> str:

@@ -23,6 +23,7 @@ from eopd_ray.config import RunConfig, dump_config
 from eopd_ray.data.prompts import PromptStream, load_prompts
 from eopd_ray.metrics import MetricsLogger
 from eopd_ray.pipeline import Request, RolloutPipeline
+from eopd_ray.preflight import check_run_config
 from eopd_ray.ray_env import init_ray
 from eopd_ray.rollout import ScoredRollout
 
@@ -45,8 +46,8 @@ class Roles:
 
 def train(config: RunConfig, address: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the distillation job described by ``config``; returns the summary."""
+    check_run_config(config)  # paths, output_dir: one line before Ray starts
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(config))
     init_ray(config.ray, address, config.sampler.kv_cache_gib)
     roles = start_roles(config)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from eopd_ray.config import LabelSelector, RayConfig, Resources, _Section
+from eopd_ray.config import LabelSelector, LocalPath, ModelPath, RayConfig, Resources, _Section
 
 PAPER_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 # Names become folder names in output_dir.
@@ -21,10 +21,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class CheckpointSpec(_Section):
-    """One model to evaluate: a Hugging Face folder (e.g. ``runs/x/checkpoints/step_N/student``)."""
+    """One model to evaluate: a Hugging Face folder (e.g. ``runs/x/checkpoints/step_N``)."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    path: str = Field(min_length=1)
+    path: ModelPath
     dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: EvalConfig.dtype
     chat_template: Literal["auto", "qwen3_nothink", "qwen3_base", "model"] | None = None
 
@@ -37,7 +37,7 @@ class BenchmarkSpec(_Section):
 
     name: str = Field(pattern=NAME_PATTERN)
     source: Literal["math500", "gsm8k", "file"]
-    path: str | None = None
+    path: LocalPath | None = None
     question_field: str | None = None
     answer_field: str | None = None
     id_field: str | None = None
@@ -107,7 +107,7 @@ class EvalConfig(_Section):
     """Everything one ``eopd-ray eval`` job needs."""
 
     name: str = "eval"
-    output_dir: str = "runs/eval"
+    output_dir: LocalPath = Field("runs/eval", validate_default=True)
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     checkpoints: list[CheckpointSpec] = Field(min_length=1)
     benchmarks: list[BenchmarkSpec] = Field(min_length=1)

@@ -16,24 +16,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from eopd_ray.config import ConfigError, dump_config
+from eopd_ray.config import dump_config
 from eopd_ray.eval.benchmarks import EvalProblem, load_benchmark
 from eopd_ray.eval.config import CheckpointSpec, EvalConfig
 from eopd_ray.eval.metrics import summarize
 from eopd_ray.eval.report import write_report
 from eopd_ray.eval.store import SampleStore, sample_settings
+from eopd_ray.preflight import check_model_path, check_output_dir
 from eopd_ray.ray_env import init_ray
-
-
-def _check_checkpoint(checkpoint: CheckpointSpec) -> None:
-    path = Path(checkpoint.path)
-    if path.exists() and not (path / "config.json").is_file():
-        raise ConfigError(f"checkpoint {checkpoint.name}: {path} has no config.json")
-    if not path.exists() and path.is_absolute():  # relative non-folders may be hub names
-        raise ConfigError(f"checkpoint {checkpoint.name}: {path} not found")
 
 
 def _evaluate_checkpoint(
@@ -67,14 +59,13 @@ def run_eval(
     config: EvalConfig, address: str | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run (or resume) the evaluation job of ``config``; returns what results.json holds."""
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    for checkpoint in config.checkpoints:  # before Ray starts: one line, no traceback
+        check_model_path(f"checkpoint {checkpoint.name}", checkpoint.path)
+    out = check_output_dir(config.output_dir)
     (out / "config.yaml").write_text(dump_config(config))
     loaded = {spec.name: load_benchmark(spec) for spec in config.benchmarks}
     for name, (problems, skipped) in loaded.items():
         log(f"{name}: {len(problems)} problems, {len(skipped)} rows skipped (no usable gold)")
-    for checkpoint in config.checkpoints:
-        _check_checkpoint(checkpoint)
 
     stores: dict[str, dict[str, SampleStore]] = {}
     for checkpoint in config.checkpoints:
