@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from eopd_ray.data.synthetic_math import Problem
+from eopd_ray.data.synthetic_math.problems import Problem
 from eopd_ray.learners.loss import VARIANTS, eopd_loss
 from eopd_ray.models.pretrain import (
     PretrainSettings,

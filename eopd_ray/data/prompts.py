@@ -1,7 +1,8 @@
 """Training prompts: load rows from JSONL (or the synthetic task), skip bad ones, stream epochs.
 
-A row without the prompt field, with an empty prompt or that is not valid JSON is skipped and
-counted by reason (reported at the end of a run), never silently trained on.
+A row that is not UTF-8 or not valid JSON, has no prompt field, a prompt that is not a string or
+is empty, is skipped and counted by reason with its first line numbers (printed at start-up and in
+``summary.json``), never silently trained on; a UTF-8 byte-order mark is ignored.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eopd_ray.config import DataConfig
+
+_LINES_KEPT = 5  # line numbers kept per skip reason
 
 
 @dataclass(frozen=True)
@@ -26,12 +30,33 @@ class PromptRow:
 class PromptSet:
     rows: list[PromptRow]
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
+    # reason -> the first few line numbers (1-based), so that a user can find the bad rows
+    skipped_lines: dict[str, list[int]] = field(default_factory=dict)
+
+    def skip(self, reason: str, line_no: int) -> None:
+        self.skipped[reason] += 1
+        lines = self.skipped_lines.setdefault(reason, [])
+        if len(lines) < _LINES_KEPT:
+            lines.append(line_no)
+
+    def describe_skips(self) -> str:
+        """``skipped 3 rows: not UTF-8 (line 4), invalid JSON (lines 7, 9)``; '' when none."""
+        if not self.skipped:
+            return ""
+        parts = []
+        for reason, count in self.skipped.items():
+            lines = self.skipped_lines.get(reason, [])
+            where = ", ".join(map(str, lines)) + (", ..." if count > len(lines) else "")
+            label = "line" if count == 1 else "lines"
+            parts.append(f"{reason} ({label} {where})" if lines else f"{reason} ({count})")
+        total = sum(self.skipped.values())
+        return f"skipped {total} row{'s' if total != 1 else ''}: " + "; ".join(parts)
 
 
 def load_prompts(data: DataConfig, seed: int) -> PromptSet:
     """Rows of ``data.train``: ``synthetic``, or JSONL with ``prompt_field`` / ``answer_field``."""
     if data.train == "synthetic":
-        from eopd_ray.data.synthetic_math import generate_problems
+        from eopd_ray.data.synthetic_math.problems import generate_problems
 
         problems = generate_problems(
             data.synthetic_problems, seed=seed, difficulty=data.synthetic_difficulty
@@ -41,28 +66,52 @@ def load_prompts(data: DataConfig, seed: int) -> PromptSet:
     if not path.is_file():
         raise FileNotFoundError(f"data.train: {path} does not exist")
     result = PromptSet(rows=[])
-    with path.open() as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                result.skipped["invalid JSON"] += 1
-                continue
-            if not isinstance(row, dict) or data.prompt_field not in row:
-                result.skipped[f"no '{data.prompt_field}' field"] += 1
-                continue
-            problem = row[data.prompt_field]
-            if not isinstance(problem, str) or not problem.strip():
-                result.skipped["empty prompt"] += 1
-                continue
-            answer = row.get(data.answer_field)
-            answer = None if answer is None else str(answer)
-            result.rows.append(PromptRow(line_no - 1, problem, answer))
+    for line_no, line in _lines(path, result):
+        row = _parse_row(line, data, result, line_no)
+        if row is not None:
+            result.rows.append(PromptRow(line_no - 1, *row))
     if not result.rows:
-        raise ValueError(f"data.train: {path} has no usable rows (skipped: {dict(result.skipped)})")
+        raise ValueError(f"data.train: {path} has no usable rows ({result.describe_skips()})")
     return result
+
+
+def _lines(path: Path, result: PromptSet) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the non-blank lines; a line that is not UTF-8 is skipped and counted
+    (one bad byte must not refuse the whole file), a UTF-8 byte-order mark is dropped."""
+    with path.open("rb") as raw:
+        for line_no, data in enumerate(raw, start=1):
+            if line_no == 1:
+                data = data.removeprefix(b"\xef\xbb\xbf")
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError:
+                result.skip("not UTF-8", line_no)
+                continue
+            if line.strip():
+                yield line_no, line
+
+
+def _parse_row(
+    line: str, data: DataConfig, result: PromptSet, line_no: int
+) -> tuple[str, str | None] | None:
+    """(problem, answer) of one JSONL line, or None after counting why it is skipped."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        result.skip("invalid JSON", line_no)
+        return None
+    if not isinstance(row, dict) or data.prompt_field not in row:
+        result.skip(f"no '{data.prompt_field}' field", line_no)
+        return None
+    problem = row[data.prompt_field]
+    if not isinstance(problem, str):
+        result.skip(f"'{data.prompt_field}' is not a string", line_no)
+        return None
+    if not problem.strip():
+        result.skip("empty prompt", line_no)
+        return None
+    answer = row.get(data.answer_field)
+    return problem, None if answer is None else str(answer)
 
 
 class PromptStream:

@@ -30,7 +30,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from eopd_ray.actors.chat import render_prompt
-from eopd_ray.data.synthetic_math import PROMPT_SUFFIX, Problem, generate_problems, sample_solution
+from eopd_ray.data.synthetic_math.corpus import PROMPT_SUFFIX
+from eopd_ray.data.synthetic_math.problems import Problem, generate_problems
+from eopd_ray.data.synthetic_math.solutions import sample_solution
 from eopd_ray.models.prune import prune_teacher_into_student
 from eopd_ray.models.tiny import build_tiny_pair
 from eopd_ray.models.tokenizer import IM_END

@@ -29,7 +29,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from eopd_ray.data.synthetic_math import corpus_texts, generate_problems
+from eopd_ray.data.synthetic_math.corpus import corpus_texts
+from eopd_ray.data.synthetic_math.problems import generate_problems
 from eopd_ray.models.tokenizer import EOS_TOKEN, IM_END, save_tokenizer, train_tokenizer
 
 

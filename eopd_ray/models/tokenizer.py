@@ -5,13 +5,12 @@ No hub access is needed: ``train_tokenizer`` learns the merges from the given te
 special tokens and a ChatML ``chat_template``. Digits are always split into single tokens so
 that arithmetic on the synthetic math task is learnable by a tiny model.
 
-Run ``python -m eopd_ray.models.tokenizer --out runs/tiny-tokenizer`` to train one on the synthetic
-math corpus and save it (``tokenizer.json`` + ``tokenizer_config.json``).
+``scripts/tokenizer.py`` trains one on the synthetic math corpus and saves it (``tokenizer.json`` +
+``tokenizer_config.json``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -92,22 +91,3 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> P
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return out
-
-
-def main() -> None:
-    from eopd_ray.data.synthetic_math import corpus_texts, generate_problems
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--vocab-size", type=int, default=768)
-    parser.add_argument("--problems", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    texts = corpus_texts(generate_problems(args.problems, args.seed), seed=args.seed)
-    tokenizer = train_tokenizer(texts, args.vocab_size)
-    save_tokenizer(tokenizer, args.out)
-    print(f"saved a {len(tokenizer)}-token tokenizer to {args.out}")
-
-
-if __name__ == "__main__":
-    main()

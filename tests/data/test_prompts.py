@@ -60,10 +60,38 @@ def test_stream_epochs_shuffle_and_resume() -> None:
 
 
 def test_synthetic_prompts_follow_the_configured_difficulty() -> None:
-    from eopd_ray.data.synthetic_math import generate_problems
+    from eopd_ray.data.synthetic_math.problems import generate_problems
 
     data = DataConfig(train="synthetic", synthetic_problems=20, synthetic_difficulty="easy")
     rows = load_prompts(data, seed=3).rows
     expected = generate_problems(20, seed=3, difficulty="easy")
     assert [(r.problem, r.answer) for r in rows] == [(p.problem, p.answer) for p in expected]
     assert rows != load_prompts(DataConfig(train="synthetic", synthetic_problems=20), seed=3).rows
+
+
+def test_bad_bytes_bom_and_non_string_prompts_are_counted_rows(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    good = json.dumps({"problem": "1+1?", "answer": 2}).encode()
+    lines = [
+        b"\xef\xbb\xbf" + good,  # a BOM before the first row is not part of it
+        b'{"problem": "caf\xe9"}',  # latin-1, not UTF-8: only this row is lost
+        json.dumps({"problem": 7}).encode(),
+        json.dumps({"problem": ["a"]}).encode(),
+        json.dumps({"problem": "2+2?"}).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    prompts = load_prompts(DataConfig(train=str(path)), seed=0)
+    assert prompts.rows == [PromptRow(0, "1+1?", "2"), PromptRow(4, "2+2?", None)]
+    assert prompts.skipped == {"not UTF-8": 1, "'problem' is not a string": 2}
+    assert prompts.skipped_lines == {"not UTF-8": [2], "'problem' is not a string": [3, 4]}
+    assert prompts.describe_skips() == (
+        "skipped 3 rows: not UTF-8 (line 2); 'problem' is not a string (lines 3, 4)"
+    )
+
+
+def test_only_the_first_line_numbers_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(["{bad"] * 7 + [json.dumps({"problem": "p"})]) + "\n")
+    prompts = load_prompts(DataConfig(train=str(path)), seed=0)
+    assert prompts.skipped == {"invalid JSON": 7}
+    assert prompts.describe_skips() == "skipped 7 rows: invalid JSON (lines 1, 2, 3, 4, 5, ...)"

@@ -13,26 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from eopd_ray.data.synthetic_math import (
-    FAMILIES,
+from eopd_ray.data.synthetic_math.branching import (
     BranchingStats,
-    Problem,
-    count_paths,
-    count_solution_paths,
-    enumerate_node,
-    format_answer,
-    generate_problems,
     grammar_branching,
     measure_branching,
-    one_of,
     pooled_branching,
-    read_jsonl,
-    sample_node,
+    trie_entropies,
+)
+from eopd_ray.data.synthetic_math.corpus import read_jsonl, write_jsonl
+from eopd_ray.data.synthetic_math.grammar import count_paths, enumerate_node, one_of, sample_node
+from eopd_ray.data.synthetic_math.problems import (
+    FAMILIES,
+    Problem,
+    format_answer,
+    generate_problems,
+)
+from eopd_ray.data.synthetic_math.solutions import (
+    count_solution_paths,
     sample_solution,
     solution_distribution,
     solution_paths,
-    trie_entropies,
-    write_jsonl,
 )
 
 INT = r"(-?\d+)"
@@ -42,7 +42,7 @@ FRAC = r"\\frac\{(\d+)\}\{(\d+)\}"
 @pytest.fixture(scope="module")
 def encode() -> Callable[[str], list[int]]:
     """The tiny models' tokenizer, trained on the task as ``build_tiny_pair`` does."""
-    from eopd_ray.data.synthetic_math import corpus_texts
+    from eopd_ray.data.synthetic_math.corpus import corpus_texts
     from eopd_ray.models.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(corpus_texts(generate_problems(1000, 0), solutions_per_problem=4))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eopd_ray.data.synthetic_math import DIFFICULTIES, NumberRanges, generate_problems
+from eopd_ray.data.synthetic_math.problems import DIFFICULTIES, NumberRanges, generate_problems
 from eopd_ray.models.pretrain import (
     PretrainSettings,
     held_out_problems,

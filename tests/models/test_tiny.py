@@ -15,12 +15,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from eopd_ray.data.synthetic_math import (
-    corpus_texts,
-    generate_problems,
-    prompt_text,
-    sample_solution,
-)
+from eopd_ray.data.synthetic_math.corpus import corpus_texts, prompt_text
+from eopd_ray.data.synthetic_math.problems import generate_problems
+from eopd_ray.data.synthetic_math.solutions import sample_solution
 from eopd_ray.models.tiny import PRESETS, build_tiny_model
 from eopd_ray.models.tokenizer import CHAT_TEMPLATE, train_tokenizer
 
