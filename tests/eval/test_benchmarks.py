@@ -77,6 +77,18 @@ def test_aime_style_jsonl_reports_rows_without_gold(tmp_path: Path) -> None:
     assert "gold" in skipped[0]["reason"] and "question" in skipped[1]["reason"]
 
 
+def test_fields_are_detected_over_all_rows_and_a_bom_is_ignored(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "question": "No answer here."},  # the first row lacks the answer field
+        {"id": "b", "question": "Find x.", "answer": "3"},
+    ]
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    problems, skipped = load_benchmark(BenchmarkSpec(name="b", source="file", path=str(path)))
+    assert [(p.id, p.gold) for p in problems] == [("b", "3")]
+    assert [s["id"] for s in skipped] == ["a"] and "gold" in skipped[0]["reason"]
+
+
 def test_olympiadbench_style_parquet_with_configured_fields(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

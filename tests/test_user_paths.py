@@ -1,0 +1,79 @@
+"""The main job as a user runs it: ``eopd-ray train configs/tiny.yaml`` with the preset's own
+relative paths and default ``output_dir``, started from another working directory; then what it
+produced is used: the checkpoint loads in transformers, the run resumes from it, and
+``eopd-ray eval`` evaluates it (a vLLM engine over the folder).
+
+Slow: three CLI runs (~1 min each) after the tiny pair's pre-training (shared, cached)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eopd_ray.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+EOPD_RAY = str(Path(sys.executable).with_name("eopd-ray"))
+# The pre-training of the shared fixture may run in this test's set-up (~15 min on CI).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+
+
+def _cli(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        [EOPD_RAY, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    return done.stdout
+
+
+def test_preset_defaults_from_another_directory_give_a_usable_checkpoint(
+    pretrained_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    work = tmp_path / "elsewhere"
+    (work / "runs").mkdir(parents=True)
+    (work / "runs" / "tiny-models").symlink_to(pretrained_models[0].parent)
+    preset = str(REPO / "configs" / "tiny.yaml")
+    short = ("rollout.max_response_tokens=32", "--no-progress")
+
+    out = _cli(work, "train", preset, "pipeline.iterations=2", *short)
+    assert out.strip().splitlines()[-1].startswith(
+        "done: 2 iterations, checkpoint runs/tiny-eopd/checkpoints/step_2,"
+    )
+    run = work / "runs" / "tiny-eopd"
+    step2 = run / "checkpoints" / "step_2"
+    assert (step2 / "deepspeed").is_dir()  # the learner wrote where the driver said
+    trained = AutoModelForCausalLM.from_pretrained(step2)
+    start = AutoModelForCausalLM.from_pretrained(pretrained_models[1])
+    deltas = [
+        (a - b).abs().max().item()
+        for a, b in zip(trained.parameters(), start.parameters(), strict=True)
+    ]
+    assert all(torch.isfinite(p).all() for p in trained.parameters())
+    assert max(deltas) > 0  # two iterations moved the weights
+
+    out = _cli(work, "train", preset, "pipeline.iterations=3", *short)  # resumes at step_2
+    assert "done: 3 iterations, checkpoint runs/tiny-eopd/checkpoints/step_3," in out
+    assert [r["iteration"] for r in read_metrics(run / "metrics.jsonl")] == [0, 1, 2]
+    assert json.loads((run / "summary.json").read_text())["iterations"] == 3
+
+    _cli(
+        work,
+        "eval",
+        str(REPO / "configs" / "eval-tiny.yaml"),
+        "checkpoints=[{name: student, path: runs/tiny-eopd/checkpoints/step_3}]",
+        "benchmarks=[{name: gsm8k, source: gsm8k, limit: 2}]",
+        "sampling.samples=2",
+        "sampling.max_tokens=16",
+    )
+    results = json.loads((work / "runs" / "eval-tiny" / "results.json").read_text())
+    assert "student" in json.dumps(results)
+    samples = work / "runs" / "eval-tiny" / "student" / "gsm8k" / "samples.jsonl"
+    assert len(samples.read_text().splitlines()) == 2
