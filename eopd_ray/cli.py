@@ -9,7 +9,9 @@
     eopd-ray jobs list|logs|status|stop [JOB_ID] --address URL        # jobs on that cluster
 
 Bad input (unknown key, wrong type, out-of-range value, missing file) prints one line to stderr
-and exits with status 2; no traceback.
+and exits with status 2; a failure inside a role (sampler, teacher, learner, evaluator) prints one
+line naming the role and the original exception and exits with status 1. No traceback, except
+with ``eopd-ray --debug COMMAND ...``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def _cmd_toy(args: argparse.Namespace) -> int:
     # Imported here so `eopd-ray config` does not pay for numpy/matplotlib start-up.
+    from eopd_ray.config import validate
     from eopd_ray.toy import ToyConfig, format_summary, run_toy
 
     fields = {
@@ -48,10 +51,8 @@ def _cmd_toy(args: argparse.Namespace) -> int:
         "tau": args.tau,
         "fkl_lr": args.fkl_lr,
     }
-    try:
-        config = ToyConfig(**{k: v for k, v in fields.items() if v is not None})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"toy: {exc}") from None
+    # A bad value is a ConfigError: one line naming each bad option, printed by main().
+    config = validate({k: v for k, v in fields.items() if v is not None}, "toy", ToyConfig)
     results = run_toy(config, Path(args.out))
     print(format_summary(results))
     print(f"wrote {Path(args.out) / 'results.json'} and figures")
@@ -62,10 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from eopd_ray.train import train
 
     config = load_config(args.config, args.overrides, base_dir=Path.cwd())
-    try:
-        summary = train(config, address=args.address, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as exc:  # bad data / models: one line, no traceback
-        raise UsageError(str(exc).splitlines()[0]) from None
+    summary = train(config, address=args.address, progress=not args.no_progress)
     last = summary["last"]
     print(
         f"done: {summary['iterations']} iterations, checkpoint "
@@ -88,10 +86,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from eopd_ray.eval.job import run_eval
 
     config = load_config(args.config, args.overrides, model=EvalConfig, base_dir=Path.cwd())
-    try:
-        run_eval(config, address=args.address)
-    except (FileNotFoundError, ValueError) as exc:  # bad data / models: one line, no traceback
-        raise UsageError(str(exc).splitlines()[0]) from None
+    run_eval(config, address=args.address)
     print(Path(config.output_dir, "results.md").read_text(), end="")
     print(f"wrote {_shown(config.output_dir)}/results.json, results.md, pass_at_k.png, entropy.png")
     return 0
@@ -178,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eopd-ray", description="Entropy-Aware On-Policy Distillation on Ray."
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("train", help="run (or resume) a distillation job")
@@ -248,6 +244,8 @@ def _jobs_error() -> type[Exception]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from eopd_ray.errors import describe_failure
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -257,6 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eopd-ray: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a failure inside the run: one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"eopd-ray: error: {describe_failure(exc)}", file=sys.stderr)
+        print("eopd-ray: (run again with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

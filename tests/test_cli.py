@@ -31,7 +31,10 @@ def test_config_prints_resolved_preset(capsys: pytest.CaptureFixture[str]) -> No
         (["config", str(CONFIGS / "tiny.yaml"), "loss.tau=-1"], "loss.tau: Input should be"),
         (["config", str(CONFIGS / "tiny.yaml"), "loss.nope=1"], "loss.nope: unknown key"),
         (["config", str(CONFIGS / "tiny.yaml"), "tau"], "expected key=value"),
-        (["toy", "--out", "unused", "--steps", "0"], "steps: must be >= 1 (got 0)"),
+        (
+            ["toy", "--out", "unused", "--steps", "0"],
+            "toy: steps: Input should be greater than or equal to 1 (got 0)",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(args: list[str], expected: str) -> None:

@@ -1,8 +1,7 @@
-"""Tests of the toy categorical experiment (§3.2, Table 1) in ``eopd_ray.toy``."""
+"""Tests of the toy categorical experiment (§3.2, Table 1) in the ``eopd_ray.toy`` package."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import subprocess
@@ -11,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from eopd_ray import toy
+from eopd_ray.config import ConfigError, validate
 from eopd_ray.toy import (
     OBJECTIVES,
     SCENARIOS,
@@ -190,14 +191,27 @@ def test_fkl_loss_by_hand() -> None:
     ],
 )
 def test_config_rejects_bad_values(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=f"ToyConfig.{field}"):
+    with pytest.raises(ValidationError):  # a ValueError
         ToyConfig(**{field: value})
+    # The one-line message (what `eopd-ray toy` prints) names the offending field; a rule
+    # between fields (top-k vs vocab_size) is a model-level error that names it in its text.
+    with pytest.raises(ConfigError, match=rf"^ToyConfig: (\(top level\): )?{field}\b"):
+        validate({field: value}, "ToyConfig", ToyConfig)
+
+
+def test_config_refuses_unknown_keys_and_is_frozen() -> None:
+    with pytest.raises(ConfigError, match="ToyConfig: stpes: unknown key"):
+        validate({"stpes": 10}, "ToyConfig", ToyConfig)
+    with pytest.raises(ValidationError):
+        ToyConfig().steps = 5  # type: ignore[misc]
 
 
 def test_config_normalises_sequences() -> None:
     cfg = ToyConfig(seeds=[4, 5], teacher_temperatures=[0.5, 2])  # type: ignore[arg-type]
     assert cfg.seeds == (4, 5)
     assert cfg.teacher_temperatures == (0.5, 2.0)
+    assert all(type(t) is float for t in cfg.teacher_temperatures)
+    assert ToyConfig(steps=np.int64(7)).steps == 7  # numpy integers are integers
     assert ToyConfig(tau=float("inf")).tau == math.inf
     assert hash(ToyConfig()) == hash(ToyConfig())
 
@@ -209,7 +223,7 @@ def test_same_config_same_results() -> None:
     first, _ = compute_results(SMALL)
     second, _ = compute_results(SMALL)
     assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
-    other, _ = compute_results(dataclasses.replace(SMALL, seeds=(2, 3)))
+    other, _ = compute_results(SMALL.model_copy(update={"seeds": (2, 3)}))
     assert json.dumps(other, sort_keys=True) != json.dumps(first, sort_keys=True)
 
 
@@ -238,7 +252,7 @@ def test_table1_check_is_discriminative() -> None:
 
 
 def test_eopd_reduces_to_reverse_kl_when_fkl_is_off() -> None:
-    results, _ = compute_results(dataclasses.replace(SMALL, tau=math.inf))
+    results, _ = compute_results(SMALL.model_copy(update={"tau": math.inf}))
     assert results["settings"]["tau"] == "inf"
     json.dumps(results, allow_nan=False)  # still valid JSON
     for scenario in SCENARIOS:
@@ -280,8 +294,8 @@ def test_run_toy_writes_results_and_figures(tmp_path: Path) -> None:
             assert 0.0 <= entry["top10_change_rate_final"] <= 1.0
             assert entry["reverse_kl_final"] >= 0 and entry["forward_kl_final"] >= 0
     settings = on_disk["settings"]
-    for f in dataclasses.fields(ToyConfig):
-        assert f.name in settings
+    for name in ToyConfig.model_fields:
+        assert name in settings
     assert settings["paper_reference"]["top1_changes"]["high_entropy"]["mean"] == 84.0
     assert "std" in settings
     for name in ("figure1_top10_change_rate.png", "figure6_distributions.png"):
@@ -299,7 +313,7 @@ def test_same_config_same_results_json(tmp_path: Path) -> None:
 
 
 def test_format_summary() -> None:
-    results, _ = compute_results(dataclasses.replace(SMALL, seeds=(0,)))
+    results, _ = compute_results(SMALL.model_copy(update={"seeds": (0,)}))
     text = format_summary(results)
     for word in (*SCENARIOS, *OBJECTIVES, "84.0"):
         assert word in text
