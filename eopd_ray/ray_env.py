@@ -26,6 +26,18 @@ def init_ray(ray_config: RayConfig, address: str | None, kv_cache_gib: int) -> N
         ray.init(log_to_driver=False)
     else:
         ray.init(num_cpus=ray_config.num_cpus, include_dashboard=False, log_to_driver=False)
+        _reap_on_driver_death()
+
+
+def _reap_on_driver_death() -> None:
+    """Stop this driver's local Ray even if the driver is SIGKILLed (eopd_ray/reaper.py)."""
+    from ray._private import worker
+
+    from eopd_ray.reaper import watch
+
+    node = worker._global_node
+    if node is not None:
+        watch(node.get_session_dir_path())
 
 
 def role_placement(
