@@ -51,9 +51,13 @@ class _Section(BaseModel):
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def is_hub_id(path: str) -> bool:
-    """True when ``path`` is not a local file or folder but has the shape of a hub model id."""
-    return not Path(path).expanduser().exists() and bool(_HUB_ID.match(path))
+def is_hub_id(path: str, base_dir: Path | None = None) -> bool:
+    """True when ``path`` is not a local file or folder (relative paths: under ``base_dir``, or
+    the working directory) but has the shape of a hub model id."""
+    local = Path(path).expanduser()
+    if base_dir is not None:
+        local = base_dir / local
+    return not local.exists() and bool(_HUB_ID.match(path))
 
 
 def _base_dir(info: ValidationInfo) -> Path | None:
@@ -68,7 +72,8 @@ def _resolve_local(value: str, info: ValidationInfo) -> str:
 
 def _resolve_model(value: str, info: ValidationInfo) -> str:
     """Local folders become absolute; hub ids (``owner/name``, not present here) stay as given."""
-    if _base_dir(info) is None or is_hub_id(value):
+    base = _base_dir(info)
+    if base is None or is_hub_id(value, base):
         return value
     return _resolve_local(value, info)
 
@@ -87,6 +92,16 @@ class ModelConfig(_Section):
     chat_template: Literal["auto", "qwen3_nothink", "qwen3_base", "model"] = "auto"
 
 
+# Loss settings that only one variant reads -> that variant.
+_VARIANT_FIELDS = {
+    "random_fkl_fraction": "random_fkl",
+    "entropy_bonus_beta": "entropy_bonus",
+    "shaping_alpha": "advantage_shaping",
+    "shaping_kappa": "advantage_shaping",
+    "kd_ce_weight": "kd",
+}
+
+
 class LossConfig(_Section):
     """DESIGN.md §1. ``variant`` picks the objective; the other fields are its hyperparameters."""
 
@@ -101,6 +116,21 @@ class LossConfig(_Section):
     kd_ce_weight: float = Field(0.5, ge=0.0, le=1.0)
     chunk_size: int = Field(1024, ge=1, description="positions per chunk for [T, V] reductions")
 
+    @model_validator(mode="after")
+    def _hyperparameters_of_this_variant(self) -> LossConfig:
+        # another variant's setting changed from its default would be silently ignored: refuse it
+        # (defaults pass, so a dumped config.yaml, which lists every field, loads back)
+        fields = type(self).model_fields
+        foreign = sorted(
+            key
+            for key, owner in _VARIANT_FIELDS.items()
+            if owner != self.variant and getattr(self, key) != fields[key].default
+        )
+        if foreign:
+            owners = ", ".join(f"{key} ({_VARIANT_FIELDS[key]})" for key in foreign)
+            raise ValueError(f"variant {self.variant} does not use {owners}")
+        return self
+
 
 class OptimConfig(_Section):
     lr: float = Field(3e-6, gt=0.0)
@@ -110,7 +140,9 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = Field(1.0, gt=0.0)
-    eps: float = Field(1e-8, gt=0.0)
+    # A step whose loss or gradient norm is not finite is skipped (weights unchanged) and counted;
+    # this many in a row stop the run, keeping the last (finite) checkpoint as the final one.
+    max_nonfinite_steps: int = Field(3, ge=1)
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> OptimConfig:
@@ -320,6 +352,21 @@ class RunConfig(_Section):
     teacher_service: TeacherServiceConfig = TeacherServiceConfig()
     learner: LearnerConfig = LearnerConfig()
     pipeline: PipelineConfig = PipelineConfig()
+
+    @model_validator(mode="after")
+    def _settings_agree(self) -> RunConfig:
+        if self.loss.variant == "grpo" and self.rollout.samples_per_prompt < 2:
+            raise ValueError(
+                "loss.variant grpo needs rollout.samples_per_prompt >= 2 (group-relative "
+                f"advantages over one sample are 0), got {self.rollout.samples_per_prompt}"
+            )
+        cap = self.pipeline.behaviour_weight_cap
+        if cap is not None and self.pipeline.importance != "decoupled":
+            raise ValueError(
+                "pipeline.behaviour_weight_cap needs pipeline.importance: decoupled "
+                f"(it caps the proximal / behaviour weight), got {self.pipeline.importance}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sequences_fit_the_engine(self) -> RunConfig:

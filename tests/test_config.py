@@ -104,3 +104,48 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         load_config(write(tmp_path, "a: [1, 2"))
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["loss.variant=grpo", "rollout.samples_per_prompt=1"],
+            "grpo needs rollout.samples_per_prompt >= 2",
+        ),
+        (["pipeline.behaviour_weight_cap=2"], "behaviour_weight_cap needs pipeline.importance"),
+        (["loss.kd_ce_weight=0.3"], "variant eopd does not use kd_ce_weight (kd)"),
+        (["loss.variant=opd", "loss.shaping_alpha=1"], "does not use shaping_alpha"),
+        (["optim.lr=.inf"], "optim.lr: Input should be a finite number"),
+        (["loss.tau=.nan"], "loss.tau: Input should be a finite number"),
+        (["optim.betas=[0.9, 2.0]"], "betas must each be in [0, 1)"),
+        (["rollout.max_response_tokens=200"], "exceeds sampler.max_model_len (256)"),
+    ],
+)
+def test_settings_that_make_others_wrong_are_refused_at_load(
+    overrides: list[str], message: str
+) -> None:
+    with pytest.raises(
+        ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")
+    ):
+        load_config(CONFIGS / "tiny.yaml", overrides)  # fmt: skip
+
+
+def test_settings_of_the_variant_in_use_and_defaults_of_others_load() -> None:
+    config = load_config(CONFIGS / "tiny.yaml", ["loss.variant=kd", "loss.kd_ce_weight=0.3"])
+    assert config.loss.kd_ce_weight == 0.3
+    grpo = ["loss.variant=grpo", "rollout.samples_per_prompt=4", "loss.kd_ce_weight=0.5"]
+    assert load_config(CONFIGS / "tiny.yaml", grpo).rollout.samples_per_prompt == 4
+
+
+def test_relative_paths_resolve_against_the_base_dir_and_hub_ids_stay(tmp_path: Path) -> None:
+    (tmp_path / "models" / "s").mkdir(parents=True)
+    text = "output_dir: out\nstudent: {path: models/s}\nteacher: {path: Qwen/Qwen3-8B}\n"
+    config = load_config(write(tmp_path, text), base_dir=tmp_path / "models" / "..")
+    assert config.output_dir == str(tmp_path / "out")
+    assert config.student.path == str(tmp_path / "models" / "s")
+    assert config.teacher.path == "Qwen/Qwen3-8B"  # owner/name, not here: a hub id
+    typo = load_config(write(tmp_path, "student: {path: studnet}\nteacher: {path: t}\n"),
+                       base_dir=tmp_path)  # fmt: skip
+    assert typo.student.path == str(tmp_path / "studnet")  # a local path, never the hub
+    assert load_config(write(tmp_path, text)).output_dir == "out"  # no base dir: as written
