@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-from eopd_ray.learners.loss import VARIANT_ARGS, VARIANTS, eopd_loss, grpo_advantages
+from eopd_ray.learners import loss as loss_module
+from eopd_ray.learners.loss import (
+    VARIANT_ARGS,
+    VARIANT_SPECS,
+    VARIANTS,
+    VariantSpec,
+    eopd_loss,
+    grpo_advantages,
+)
+from eopd_ray.learners.loss_terms import (
+    ALL_POSITIONS_GATE,
+    HIGH_ENTROPY_GATE,
+    KD_CE,
+    TEACHER_ADVANTAGE,
+    kd_fkl_weight,
+)
 
 # ---------------------------------------------------------------- scalar reference (plain math)
 
@@ -633,3 +649,87 @@ def test_autograd_saves_no_float32_vocab_tensor() -> None:
         assert t.untyped_storage().data_ptr() == logits.untyped_storage().data_ptr()
     loss.backward()
     assert logits.grad is not None and logits.grad.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------- the variant table
+
+
+OPTIONAL_INPUTS = (
+    "behaviour_logprobs",
+    "teacher_logprobs",
+    "teacher_entropy",
+    "teacher_topk_ids",
+    "teacher_topk_logprobs",
+)
+TOPK_PAIR = ("teacher_topk_ids", "teacher_topk_logprobs")
+
+
+def test_every_variant_has_a_spec_and_its_args_are_the_public_ones() -> None:
+    assert tuple(VARIANT_SPECS) == VARIANTS
+    assert all(isinstance(spec, VariantSpec) for spec in VARIANT_SPECS.values())
+    assert {name: dict(spec.args) for name, spec in VARIANT_SPECS.items()} == {
+        name: dict(args) for name, args in VARIANT_ARGS.items()
+    }
+    assert {name: set(args) for name, args in VARIANT_ARGS.items()} == {
+        "opd": set(),
+        "eopd": set(),
+        "full_fkl": set(),
+        "random_fkl": {"random_fkl_fraction", "generator"},
+        "entropy_bonus": {"entropy_bonus_beta"},
+        "advantage_shaping": {"shaping_alpha", "shaping_kappa"},
+        "kd": {"kd_ce_weight"},
+        "grpo": {"advantages"},
+    }
+    assert VARIANT_ARGS["random_fkl"] == {"random_fkl_fraction": 0.2, "generator": None}
+    assert VARIANT_ARGS["entropy_bonus"] == {"entropy_bonus_beta": 0.01}
+    assert VARIANT_ARGS["advantage_shaping"] == {"shaping_alpha": 0.1, "shaping_kappa": 2.0}
+    assert VARIANT_ARGS["kd"] == {"kd_ce_weight": 0.5}
+    with pytest.raises(TypeError):
+        VARIANT_SPECS["eopd"].args["x"] = 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_spec_required_inputs_match_the_errors(variant: str) -> None:
+    spec = VARIANT_SPECS[variant]
+    required = spec.required_inputs
+    assert set(required) <= set(OPTIONAL_INPUTS)
+    assert ("behaviour_logprobs" in required) == spec.uses_ratio
+    assert set(TOPK_PAIR) <= set(required) or not set(TOPK_PAIR) & set(required)
+    for name in required:
+        dropped = TOPK_PAIR if name in TOPK_PAIR else (name,)  # the pair goes together
+        case = {**small_case(), **dict.fromkeys(dropped)}
+        why = required[dropped[0]].format(variant=variant)
+        with pytest.raises(ValueError, match=f"^{dropped[0]} is required \\({why}\\)$"):
+            run(case, variant=variant, **variant_kwargs(variant))
+    # what the spec does not declare is optional: the loss runs without all of it
+    case = {**small_case(), **dict.fromkeys(set(OPTIONAL_INPUTS) - set(required))}
+    loss, _ = run(case, variant=variant, **variant_kwargs(variant))
+    assert math.isfinite(loss.item())
+
+
+def test_a_new_table_entry_is_a_new_variant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table drives eopd_loss: a spec added under a new name behaves as its parts say."""
+    specs = {
+        **VARIANT_SPECS,
+        "all_fkl_copy": VariantSpec(advantage=TEACHER_ADVANTAGE, fkl_gate=ALL_POSITIONS_GATE),
+        "gated_kd": VariantSpec(
+            advantage=None,
+            fkl_gate=HIGH_ENTROPY_GATE,
+            fkl_weight=kd_fkl_weight,
+            extra=KD_CE,
+            args={"kd_ce_weight": 0.25},
+        ),
+    }
+    monkeypatch.setattr(loss_module, "VARIANT_SPECS", MappingProxyType(specs))
+    case = random_case(3, B=2, T=6, V=11)
+    loss_new, grad_new = grad_of(case, variant="all_fkl_copy")
+    loss_old, grad_old = grad_of(case, variant="full_fkl")
+    assert_close(loss_new, loss_old, rtol=0, atol=0)
+    assert_close(grad_new, grad_old, rtol=0, atol=0)
+    # gated_kd at tau below every entropy is kd with its own default weight
+    loss_g, m_g = run(case, variant="gated_kd", tau=-1.0)
+    loss_kd, m_kd = run(case, variant="kd", tau=-1.0, kd_ce_weight=0.25)
+    assert_close(loss_g, loss_kd, rtol=0, atol=0)
+    assert m_g == m_kd
+    with pytest.raises(ValueError, match="teacher_entropy is required"):
+        run({**case, "teacher_entropy": None}, variant="gated_kd")
