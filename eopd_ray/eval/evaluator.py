@@ -9,7 +9,8 @@
 - when ``entropy.samples_per_problem > 0``, the same checkpoint as a Hugging Face model
   (:class:`~eopd_ray.actors.teacher.TeacherModel`): one prefill of prompt + response gives the
   entropy of the full next-token distribution at each response token, computed in chunks of
-  positions (vLLM returns only top-k log-probs, so its entropy would be approximate).
+  positions by :func:`eopd_ray.vocab.vocab_stats` (vLLM returns only top-k log-probs, so its
+  entropy would be approximate).
 
 ``evaluate(benchmark, problems)`` returns one JSON-ready record per problem (see
 :func:`problem_record`). Sampling seeds depend on (seed, benchmark, problem id) only, so results do

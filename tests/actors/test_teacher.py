@@ -1,9 +1,8 @@
-"""The teacher: chunked token statistics, the HF scoring model, Serve, the vocabulary check."""
+"""The teacher: the HF scoring model, Serve, the vocabulary check (its statistics: test_vocab)."""
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from eopd_ray.actors.teacher import (
-    TeacherModel,
-    TeacherService,
-    check_shared_vocabulary,
-    deployment_options,
-    teacher_token_stats,
-    unique_app_name,
-)
+from eopd_ray.actors.teacher import TeacherModel, check_shared_vocabulary
+from eopd_ray.actors.teacher_deployment import deployment_options, unique_app_name
+from eopd_ray.actors.teacher_service import TeacherService
 from eopd_ray.config import ModelConfig, TeacherServiceConfig
 from eopd_ray.rollout import Rollout, TeacherScores
 
@@ -31,85 +25,6 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# ----------------------------------------------------------------------------------------------
-# teacher_token_stats
-# ----------------------------------------------------------------------------------------------
-
-
-def test_token_stats_by_hand_v5() -> None:
-    logits = torch.tensor(
-        [
-            [0.0, 1.0, 2.0, 3.0, 4.0],
-            [1.0, 1.0, 1.0, 1.0, 1.0],
-            [math.log(4.0), -math.inf, 0.0, -math.inf, 0.0],  # p = (2/3, 0, 1/6, 0, 1/6)
-        ]
-    )
-    targets = torch.tensor([2, 4, 0])
-    logprobs, entropy, topk_ids, topk_logprobs = teacher_token_stats(logits, targets, 2, 2)
-
-    z = sum(math.exp(i) for i in range(5))
-    p0 = [math.exp(i) / z for i in range(5)]
-    assert logprobs[0].item() == pytest.approx(2.0 - math.log(z), abs=1e-6)
-    assert entropy[0].item() == pytest.approx(-sum(p * math.log(p) for p in p0), abs=1e-6)
-    assert topk_ids[0].tolist() == [4, 3]
-    assert topk_logprobs[0].tolist() == pytest.approx([4 - math.log(z), 3 - math.log(z)], abs=1e-6)
-
-    assert logprobs[1].item() == pytest.approx(-math.log(5), abs=1e-6)
-    assert entropy[1].item() == pytest.approx(math.log(5), abs=1e-6)
-    assert topk_logprobs[1].tolist() == pytest.approx([-math.log(5)] * 2, abs=1e-6)
-
-    # Zero-probability entries contribute nothing to the entropy (no 0 * -inf = nan).
-    p2 = [2 / 3, 1 / 6, 1 / 6]
-    assert logprobs[2].item() == pytest.approx(math.log(2 / 3), abs=1e-6)
-    assert entropy[2].item() == pytest.approx(-sum(p * math.log(p) for p in p2), abs=1e-6)
-    assert topk_ids[2, 0].item() == 0
-    assert topk_ids[2, 1].item() in (2, 4)
-    assert topk_logprobs[2].tolist() == pytest.approx([math.log(2 / 3), math.log(1 / 6)], abs=1e-6)
-    # Full-distribution log-probs, not renormalised over the top-k.
-    assert topk_logprobs.exp().sum(-1).lt(1.0).all()
-    assert [t.dtype for t in (logprobs, entropy, topk_ids, topk_logprobs)] == [
-        torch.float32,
-        torch.float32,
-        torch.int64,
-        torch.float32,
-    ]
-
-
-def test_token_stats_chunking_and_categorical_entropy() -> None:
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(37, 50, generator=gen) * 3
-    targets = torch.randint(0, 50, (37,), generator=gen)
-    one = teacher_token_stats(logits, targets, k=4, chunk_size=1)
-    big = teacher_token_stats(logits, targets, k=4, chunk_size=1000)
-    odd = teacher_token_stats(logits.bfloat16(), targets, k=4, chunk_size=7)
-    for a, b in zip(one, big, strict=True):
-        assert torch.equal(a, b)
-    dist = torch.distributions.Categorical(logits=logits)
-    torch.testing.assert_close(one[1], dist.entropy(), atol=1e-5, rtol=0)
-    torch.testing.assert_close(one[0], dist.log_prob(targets), atol=1e-5, rtol=0)
-    ref_vals, ref_ids = torch.log_softmax(logits, -1).topk(4, -1)
-    assert torch.equal(one[2], ref_ids)
-    torch.testing.assert_close(one[3], ref_vals, atol=1e-5, rtol=0)
-    # bf16 logits are upcast to float32 before the softmax: close to the fp32 statistics.
-    assert odd[1].dtype == torch.float32
-    torch.testing.assert_close(odd[1], one[1], atol=0.1, rtol=0)
-
-
-def test_token_stats_vocab_limit_and_errors() -> None:
-    logits = torch.randn(5, 12)
-    targets = torch.tensor([0, 3, 9, 1, 2])
-    cut = teacher_token_stats(logits, targets, 3, 2, vocab_limit=10)
-    ref = teacher_token_stats(logits[:, :10], targets, 3, 2)
-    for a, b in zip(cut, ref, strict=True):
-        assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="target ids"):
-        teacher_token_stats(logits, torch.tensor([0, 0, 11, 0, 0]), 3, 2, vocab_limit=10)
-    with pytest.raises(ValueError, match="exceeds"):
-        teacher_token_stats(logits, targets, 13, 2)
-    empty = teacher_token_stats(logits[:0], targets[:0], 3, 2)
-    assert empty[2].shape == (0, 3)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""The teacher's driver-side client: deploy :class:`TeacherDeployment`, score rollouts, shut down.
+
+:class:`TeacherService` is what the rollout pipeline and the train loop hold as the teacher
+(``eopd_ray/roles.py``); the deployment itself is ``eopd_ray/actors/teacher_deployment.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ray import serve
+
+from eopd_ray.actors.teacher_deployment import TeacherDeployment, deployment_options
+from eopd_ray.rollout import Rollout, TeacherScores
+
+if TYPE_CHECKING:
+    import ray
+    from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+    from eopd_ray.config import ModelConfig, TeacherServiceConfig
+
+__all__ = ["TeacherService"]
+
+
+class TeacherService:
+    """A running teacher Serve application, seen from sync driver code.
+
+    ``score(rollout)`` returns a :class:`DeploymentResponse` at once. To wait on teacher results
+    together with other Ray work (sampler refs, learner refs), turn responses into ObjectRefs with
+    :meth:`to_ref` (Serve's ``DeploymentResponse._to_object_ref_sync``, a DeveloperAPI in Ray 2.60)
+    and ``ray.wait`` on everything in flight; ``ray.get`` of such a ref is a TeacherScores. Note
+    that ``to_ref`` blocks until the request is assigned to a replica: immediate while replicas
+    have free slots (``max_ongoing_requests`` = 2 x max_batch_size each), otherwise until one frees
+    up, a natural back-pressure on the driver. :meth:`results` simply waits for many responses.
+    """
+
+    def __init__(self, handle: DeploymentHandle, app_name: str, info: dict[str, Any]) -> None:
+        self.handle = handle
+        self.app_name = app_name
+        self.info = info  # TeacherModel.info() of a replica
+        self.startup_s: float | None = None
+
+    @classmethod
+    def start(
+        cls,
+        teacher: ModelConfig,
+        service: TeacherServiceConfig,
+        top_k: int,
+        app_name: str = "eopd-teacher",
+        vocab_limit: int | None = None,
+        fp32_head: bool = False,
+    ) -> TeacherService:
+        """Deploy the teacher as Serve application ``app_name`` and block until it is running.
+
+        Ray must be initialised. Serve is started without an HTTP proxy if it is not running yet
+        (the teacher is reached through handles only). ``vocab_limit``:
+        ``check_shared_vocabulary(...).scoring_vocab_size``; ``fp32_head``: see TeacherModel."""
+        begin = time.perf_counter()
+        serve.start(proxy_location="Disabled")
+        app = TeacherDeployment.options(**deployment_options(service)).bind(
+            teacher.path,
+            teacher.dtype,
+            top_k,
+            service.chunk_size,
+            vocab_limit,
+            service.max_batch_size,
+            service.batch_wait_timeout_s,
+            fp32_head,
+        )
+        handle = serve.run(app, name=app_name, route_prefix=None)
+        info = handle.info.remote().result()
+        # By reference, so that responses can become ObjectRefs (to_ref) whatever the defaults.
+        out = cls(handle.options(method_name="score", _by_reference=True), app_name, info)
+        out.startup_s = time.perf_counter() - begin
+        return out
+
+    def score_ids(
+        self, prompt_ids: Sequence[int], response_ids: Sequence[int]
+    ) -> DeploymentResponse:
+        return self.handle.remote(list(prompt_ids), list(response_ids))
+
+    def score(self, rollout: Rollout) -> DeploymentResponse:
+        """Non-blocking: a response whose result is the rollout's :class:`TeacherScores`."""
+        return self.score_ids(rollout.prompt_ids, rollout.response_ids)
+
+    @staticmethod
+    def to_ref(response: DeploymentResponse, timeout_s: float | None = None) -> ray.ObjectRef:
+        """The response as an ObjectRef for ``ray.wait`` / ``ray.get`` (see the class doc)."""
+        return response._to_object_ref_sync(_timeout_s=timeout_s)
+
+    def score_ref(self, rollout: Rollout) -> ray.ObjectRef:
+        return self.to_ref(self.score(rollout))
+
+    @staticmethod
+    def results(
+        responses: Sequence[DeploymentResponse], timeout_s: float | None = None
+    ) -> list[TeacherScores]:
+        """Wait for all responses (in order); ``timeout_s`` bounds the whole wait."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        out = []
+        for response in responses:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                out.append(response.result(timeout_s=left))
+            except TimeoutError as exc:
+                raise TimeoutError(f"teacher results not ready within {timeout_s} s") from exc
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Batch sizes and timing of the replica that answers (one replica's view)."""
+        return self.handle.options(method_name="stats").remote().result()
+
+    def shutdown(self) -> None:
+        """Delete this application (Serve itself keeps running for other applications)."""
+        serve.delete(self.app_name)
