@@ -20,7 +20,8 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint
+
+from eopd_ray.vocab import vocab_stats
 
 VariantArgs = Mapping[str, Any]  # a variant's resolved arguments
 _AdvantageOut = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (Â [B, T], {metric: [B, T]})
@@ -180,9 +181,16 @@ def prepare_batch(
         if ids_BTK is None
         else torch.where(valid_BT[..., None], ids_BTK.to(device), 0)
     )
-    logp_BT, topk_logp_BTK, entropy_BT = _student_stats(
-        student_logits_BTV, safe_tokens_BT, safe_ids_BTK, valid_BT, chunk_size
+    # one chunked pass over the vocabulary (eopd_ray/vocab.py), each chunk checkpointed under grad
+    stats = vocab_stats(
+        student_logits_BTV,
+        safe_tokens_BT,
+        ids=safe_ids_BTK,
+        valid=valid_BT,
+        entropy=True,
+        chunk_size=chunk_size,
     )
+    logp_BT, topk_logp_BTK, entropy_BT = stats.logprobs, stats.ids_logprobs, stats.entropy
     return LossBatch(
         valid_BT=valid_BT,
         logp_BT=logp_BT,
@@ -355,55 +363,3 @@ def fkl_term(
     assert fkl_BT is not None
     gate_BT = gate.fn(batch, args)
     return fkl_BT, gate_BT, gated_fkl(fkl_BT, gate_BT, weight)
-
-
-def _chunk_stats(
-    logits: torch.Tensor, tokens: torch.Tensor, topk_ids: torch.Tensor, valid: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Student log-prob of ``tokens`` [n], log-probs at ``topk_ids`` [n, k], entropy [n]."""
-    z = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 in, float32 math
-    # Zero the logits of masked positions: NaN/inf garbage there then reaches neither the loss nor
-    # the gradient (the gradient of a masked position is exactly 0).
-    z = torch.where(valid[:, None], z, 0.0)
-    lse = torch.logsumexp(z, dim=-1)
-    token_logp = z.gather(-1, tokens[:, None]).squeeze(-1) - lse
-    topk_logp = z.gather(-1, topk_ids) - lse[:, None]
-    entropy = lse - ((z - lse[:, None]).exp() * z).sum(-1)  # H = lse - Σ p·z
-    return token_logp, topk_logp, entropy
-
-
-def _student_stats(
-    logits: torch.Tensor,
-    tokens: torch.Tensor,
-    topk_ids: torch.Tensor,
-    valid: torch.Tensor,
-    chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Chunked :func:`_chunk_stats` over the B*T positions of ``logits`` [B, T, V].
-
-    Returns ``[B, T]``, ``[B, T, k]``, ``[B, T]``. Under grad each chunk is checkpointed, so
-    autograd keeps only the chunk's inputs (views) and small outputs, never its [n, V] float32
-    intermediates; in backward the chunk gradients (logits dtype) are concatenated into the
-    logits' gradient.
-    """
-    B, T, V = logits.shape
-    try:
-        rows = [logits.view(B * T, V)]
-    except RuntimeError:  # non-contiguous, e.g. logits[:, :-1]: per-row views, avoiding a copy
-        rows = list(logits.unbind(0))
-    flat = (tokens.reshape(-1), topk_ids.reshape(B * T, -1), valid.reshape(-1))
-    use_checkpoint = torch.is_grad_enabled() and logits.requires_grad
-    outs = []
-    start = 0
-    for row in rows:
-        # split (not slicing) gives one autograd node, whose backward concatenates the chunk grads
-        for chunk in row.split(chunk_size):
-            args = (chunk, *(x[start : start + chunk.shape[0]] for x in flat))
-            if use_checkpoint:
-                out = checkpoint(_chunk_stats, *args, use_reentrant=False, preserve_rng_state=False)
-            else:
-                out = _chunk_stats(*args)
-            outs.append(out)
-            start += chunk.shape[0]
-    token_logp, topk_logp, entropy = (torch.cat(parts) for parts in zip(*outs, strict=True))
-    return token_logp.view(B, T), topk_logp.view(B, T, -1), entropy.view(B, T)
