@@ -14,8 +14,9 @@ changes. :class:`SamplerScaler` applies the decisions to a ``SamplerPool``: grow
 Ray autoscaler for the resources of the grown pool (``ray.autoscaler.sdk.request_resources``; on a
 fixed cluster a no-op hint), then starts an actor that takes work once its engine is up; shrinking
 drains an actor (no new work; its in-flight rollouts are collected as usual) and removes it only
-when nothing of it is left uncollected, so no rollout is lost. Every step returns ``autoscale/*``
-metrics for metrics.jsonl / TensorBoard.
+when nothing of it is left uncollected, so no rollout is lost (these pool operations are in
+``eopd_ray/autoscale_pool.py``). Every step returns ``autoscale/*`` metrics for metrics.jsonl /
+TensorBoard.
 
 Teacher replicas scale inside Ray Serve (``teacher_service.*`` autoscaling options);
 :func:`serve_replicas` reads their count for the same metrics.
@@ -26,9 +27,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from eopd_ray.config import SamplerAutoscaleConfig, SamplerConfig
+
+if TYPE_CHECKING:
+    from eopd_ray.autoscale_pool import PoolScaling
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ class SamplerScaler:
 
     def __init__(
         self,
-        pool: Any,
+        pool: PoolScaling,  # SamplerPool
         config: SamplerConfig,
         *,
         clock: Callable[[], float] = time.monotonic,

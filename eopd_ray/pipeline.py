@@ -20,15 +20,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from eopd_ray.buffer import RolloutBuffer
 from eopd_ray.config import PipelineConfig, RolloutConfig
-from eopd_ray.rollout import Rollout, ScoredRollout
-
-# (prompt_id, chat-templated prompt ids, gold answer): what a sampler turns into rollouts
-Request = tuple[int, list[int], str | None]
+from eopd_ray.roles import RolloutSamplers, ScoringTeacher
+from eopd_ray.rollout import Request, Rollout, ScoredRollout
 
 
 def _score_rollouts(rollouts: list[Rollout], teacher_handle: Any) -> list[ScoredRollout]:
@@ -56,9 +55,9 @@ class RolloutPipeline:
 
     def __init__(
         self,
-        requests: Any,  # callable n -> list[Request]: the next prompts, fewer at the end
-        samplers: Any,  # SamplerPool
-        teacher: Any,  # TeacherService
+        requests: Callable[[int], list[Request]],  # the next n prompts, fewer at the end
+        samplers: RolloutSamplers,  # SamplerPool
+        teacher: ScoringTeacher,  # TeacherService
         rollout: RolloutConfig,
         pipeline: PipelineConfig,
         *,

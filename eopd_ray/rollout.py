@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# (prompt_id, chat-templated prompt token ids, gold answer or None): what a sampler turns into
+# rollouts
+Request = tuple[int, list[int], str | None]
+
 
 @dataclass
 class Rollout:

@@ -17,31 +17,36 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from eopd_ray.checkpoint import STATE, complete_checkpoints, verify_manifest, write_manifest
 from eopd_ray.config import RunConfig, dump_config
 from eopd_ray.data.prompts import PromptStream, load_prompts
 from eopd_ray.metrics import MetricsLogger
-from eopd_ray.pipeline import Request, RolloutPipeline
+from eopd_ray.pipeline import RolloutPipeline
 from eopd_ray.preflight import check_run_config
 from eopd_ray.ray_env import init_ray
-from eopd_ray.rollout import ScoredRollout
+from eopd_ray.rollout import Request, ScoredRollout
 
-_STATE = "trainer_state.json"
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from eopd_ray.autoscale import SamplerScaler
+    from eopd_ray.roles import LearnerRole, SamplerRole, TeacherRole
 
 
 @dataclass
 class Roles:
-    """The running parts of a job (all Ray actors / deployments)."""
+    """The running parts of a job (all Ray actors / deployments; see ``eopd_ray/roles.py``)."""
 
-    samplers: Any
-    teacher: Any
-    learner: Any
+    samplers: SamplerRole  # SamplerPool
+    teacher: TeacherRole  # TeacherService
+    learner: LearnerRole  # LearnerGroup
     pipeline: RolloutPipeline
     stream: PromptStream
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     skipped: Counter[str] = field(default_factory=Counter)
-    scaler: Any = None  # SamplerScaler when sampler.min_actors < sampler.max_actors
+    scaler: SamplerScaler | None = None  # when sampler.min_actors < sampler.max_actors
 
 
 def train(config: RunConfig, address: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -49,8 +54,9 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
     check_run_config(config)  # paths, output_dir: one line before Ray starts
     out = Path(config.output_dir)
     (out / "config.yaml").write_text(dump_config(config))
+    inputs = prepare_inputs(config)  # tokenizers and data too, before Ray starts
     init_ray(config.ray, address, config.sampler.kv_cache_gib)
-    roles = start_roles(config)
+    roles = start_roles(config, inputs)
     try:
         start, version = resume(config, roles, out)
         iterations = total_iterations(config, roles.stream)
@@ -93,30 +99,47 @@ def autoscale(config: RunConfig, roles: Roles, metrics: dict[str, float]) -> dic
     return out
 
 
-def start_roles(config: RunConfig) -> Roles:
-    """Check the vocabularies, then start teacher, samplers and learners."""
+@dataclass
+class Inputs:
+    """What a run reads before any role starts: the shared vocabulary, tokenizer and prompts."""
+
+    scoring_vocab_size: int
+    tokenizer: Any
+    stream: PromptStream
+    skipped: Counter[str]
+
+
+def prepare_inputs(config: RunConfig) -> Inputs:
+    """Check that teacher and student share a vocabulary, then load and render the prompts."""
     from transformers import AutoTokenizer
 
-    from eopd_ray.actors.sampler import SamplerPool
-    from eopd_ray.actors.teacher import TeacherService, check_shared_vocabulary
-    from eopd_ray.learners.learner_group import LearnerGroup
+    from eopd_ray.actors.teacher import check_shared_vocabulary
 
     vocab = check_shared_vocabulary(config.teacher.path, config.student.path)
     tokenizer = AutoTokenizer.from_pretrained(config.student.path)
     requests, skipped = render_requests(config, tokenizer)
     stream = PromptStream(requests, config.data.epochs, config.seed)  # type: ignore[arg-type]
+    return Inputs(vocab.scoring_vocab_size, tokenizer, stream, skipped)
+
+
+def start_roles(config: RunConfig, inputs: Inputs) -> Roles:
+    """Start teacher, samplers and learners."""
+    from eopd_ray.actors.sampler_pool import SamplerPool
+    from eopd_ray.actors.teacher_service import TeacherService
+    from eopd_ray.learners.learner_group import LearnerGroup
+
+    stream, tokenizer, skipped = inputs.stream, inputs.tokenizer, inputs.skipped
     teacher = TeacherService.start(
         config.teacher,
         config.teacher_service,
         config.loss.top_k,
-        vocab_limit=vocab.scoring_vocab_size,
+        vocab_limit=inputs.scoring_vocab_size,
         fp32_head=config.teacher_service.fp32_head,
     )
     samplers = SamplerPool.from_run_config(config)
     learner = LearnerGroup.from_config(
         config,
         total_steps=total_iterations(config, stream) * mini_batches(config),
-        storage_path=str(Path(config.output_dir).resolve() / "ray-train"),
     )
     pipeline = RolloutPipeline(
         stream.take, samplers, teacher, config.rollout, config.pipeline, seed=config.seed
@@ -134,6 +157,8 @@ def render_requests(config: RunConfig, tokenizer: Any) -> tuple[list[Request], C
     from eopd_ray.actors.chat import PromptTooLongError, render_prompt
 
     prompts = load_prompts(config.data, config.seed)
+    if prompts.skipped:
+        print(f"eopd-ray: warning: data.train: {prompts.describe_skips()}")
     skipped = Counter(prompts.skipped)
     requests: list[Request] = []
     for row in prompts.rows:
@@ -203,7 +228,7 @@ def iteration_metrics(
 
 
 def save_checkpoint(roles: Roles, out: Path, iteration: int) -> Path:
-    """``checkpoints/step_N``: HF folder + learner state, written aside then renamed (atomic)."""
+    """``checkpoints/step_N``: HF folder + learner state + checksums, written aside then renamed."""
     final = out / "checkpoints" / f"step_{iteration}"
     if final.exists():
         return final
@@ -217,24 +242,20 @@ def save_checkpoint(roles: Roles, out: Path, iteration: int) -> Path:
         "version": roles.learner.version,
         "prompt_position": max(0, roles.stream.position - admitted),
     }
-    (tmp / _STATE).write_text(json.dumps(state, indent=1))
+    (tmp / STATE).write_text(json.dumps(state, indent=1))
+    write_manifest(tmp)
     tmp.rename(final)
     return final
 
 
 def resume(config: RunConfig, roles: Roles, out: Path) -> tuple[int, int]:
-    """(start iteration, policy version): from the newest complete checkpoint, if any."""
-    steps = sorted(  # complete checkpoints only: a Ctrl-C mid-save leaves step_N.partial
-        (
-            p
-            for p in (out / "checkpoints").glob("step_*")
-            if p.name[5:].isdigit() and (p / _STATE).is_file()
-        ),
-        key=lambda p: int(p.name.split("_")[1]),
-    )
+    """(start iteration, policy version): from the newest complete checkpoint, if any; its files
+    are checked against the manifest written at save before anything is loaded."""
+    steps = complete_checkpoints(out)  # a Ctrl-C mid-save leaves step_N.partial
     if not steps:
         return 0, roles.learner.version
-    state = json.loads((steps[-1] / _STATE).read_text())
+    verify_manifest(steps[-1])
+    state = json.loads((steps[-1] / STATE).read_text())
     version = roles.learner.load_checkpoint(steps[-1])
     roles.samplers.push_weights(roles.learner.state_dict(), version)
     roles.stream.position = state["prompt_position"]

@@ -39,7 +39,8 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0
 
 
 def test_teacher_replicas_follow_the_load(ray_local: None, tiny_models: tuple[Path, Path]) -> None:
-    from eopd_ray.actors.teacher import TeacherService, unique_app_name
+    from eopd_ray.actors.teacher_deployment import unique_app_name
+    from eopd_ray.actors.teacher_service import TeacherService
     from eopd_ray.autoscale import serve_replicas
 
     teacher_dir, _ = tiny_models
@@ -85,8 +86,9 @@ def test_teacher_replicas_follow_the_load(ray_local: None, tiny_models: tuple[Pa
 def test_sampler_pool_grows_when_starved_and_shrinks_when_full(
     ray_local: None, tiny_models: tuple[Path, Path]
 ) -> None:
-    from eopd_ray.actors.sampler import SamplerPool
-    from eopd_ray.actors.teacher import TeacherService, unique_app_name
+    from eopd_ray.actors.sampler_pool import SamplerPool
+    from eopd_ray.actors.teacher_deployment import unique_app_name
+    from eopd_ray.actors.teacher_service import TeacherService
     from eopd_ray.autoscale import SamplerScaler
     from eopd_ray.pipeline import RolloutPipeline
 

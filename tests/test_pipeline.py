@@ -20,10 +20,12 @@ def parts(ray_local: None, tiny_models: tuple[Path, Path]) -> Iterator[tuple]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from eopd_ray.actors.chat import render_prompt
-    from eopd_ray.actors.sampler import SamplerPool
-    from eopd_ray.actors.teacher import TeacherService, unique_app_name
+    from eopd_ray.actors.sampler_pool import SamplerPool
+    from eopd_ray.actors.teacher_deployment import unique_app_name
+    from eopd_ray.actors.teacher_service import TeacherService
     from eopd_ray.config import ModelConfig
-    from eopd_ray.data.synthetic_math import PROMPT_SUFFIX, generate_problems
+    from eopd_ray.data.synthetic_math.corpus import PROMPT_SUFFIX
+    from eopd_ray.data.synthetic_math.problems import generate_problems
 
     teacher_dir, student_dir = tiny_models
     tokenizer = AutoTokenizer.from_pretrained(student_dir)

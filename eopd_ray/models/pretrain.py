@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from eopd_ray.actors.chat import render_prompt
@@ -108,7 +109,9 @@ def sft(
     rng = random.Random(seed)
     pending: list[tuple[list[int], list[int]]] = []
     losses: list[float] = []
-    for _ in range(steps):
+    # ~10 min for the tiny teacher on 2 cores: show the live loss and an estimate of the time left
+    bar = tqdm(range(steps), desc=f"fine-tuning {model_dir.name}", unit="step", mininterval=2.0)
+    for _ in bar:
         if len(pending) < batch_examples:
             pending = solution_examples(tokenizer, problems, rng) + pending
         batch, pending = pending[-batch_examples:], pending[:-batch_examples]
@@ -120,6 +123,8 @@ def sft(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
     model.save_pretrained(model_dir)
     tail = losses[-10:] or [float("nan")]
     return {

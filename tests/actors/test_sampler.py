@@ -118,7 +118,7 @@ def test_tied_embeddings_refused_on_cpu(tied_model: Path) -> None:
 
 @pytest.mark.slow  # one more actor process (~10-20 s on a busy 2-core machine)
 def test_pool_reports_why_an_actor_failed_to_start(ray_local, tied_model: Path) -> None:
-    from eopd_ray.actors.sampler import SamplerPool
+    from eopd_ray.actors.sampler_pool import SamplerPool
     from eopd_ray.config import SamplerConfig
 
     reason = r"failed to start: .*TiedEmbeddingsError: .*tie_word_embeddings=True"
@@ -149,7 +149,7 @@ def requests(tokenizer) -> list[tuple[int, list[int], str | None]]:
 
 @pytest.fixture(scope="module")
 def pool(ray_local, tiny_models: tuple[Path, Path]) -> Iterator:
-    from eopd_ray.actors.sampler import SamplerPool
+    from eopd_ray.actors.sampler_pool import SamplerPool
     from eopd_ray.config import SamplerConfig
 
     started = time.perf_counter()

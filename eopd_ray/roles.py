@@ -1,0 +1,110 @@
+"""What the rollout pipeline and the train loop need of each running role, as typing Protocols.
+
+The roles are Ray actors and deployments behind driver-side objects: the sampler pool
+(``eopd_ray/actors/sampler_pool.py``: ``SamplerPool``), the teacher service
+(``eopd_ray/actors/teacher_service.py``: ``TeacherService``) and the learner group
+(``eopd_ray/learners/learner_group.py``: ``LearnerGroup``). Each Protocol lists exactly the
+methods and attributes that ``RolloutPipeline`` (``eopd_ray/pipeline.py``) or the train loop
+(``eopd_ray/train.py``) use, so another implementation (a test double, another engine) knows what
+it must provide. They are for type checkers and readers only: nothing checks them at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from eopd_ray.rollout import Request, ScoredRollout
+
+if TYPE_CHECKING:
+    import os
+    from pathlib import Path
+
+    from ray.serve.handle import DeploymentHandle
+
+
+class RolloutSamplers(Protocol):
+    """The sampler pool as ``RolloutPipeline`` uses it: asynchronous generation with replay."""
+
+    @property
+    def version(self) -> int:
+        """The weights version new requests are generated at (or a newer one)."""
+        ...
+
+    def submit(
+        self,
+        requests: Sequence[Request],
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int = 256,
+        seed: int | None = None,
+    ) -> list[Any]:
+        """Start generating; one ``ObjectRef`` of ``list[Rollout]`` per chunk of requests."""
+        ...
+
+    def job_requests(self, ref: Any) -> list[Request]:
+        """The requests behind a ref of ``submit`` / ``resubmit``."""
+        ...
+
+    def resubmit(self, ref: Any) -> Any:
+        """After the actor behind ``ref`` died: the same requests again; the replacement ref."""
+        ...
+
+    def forget(self, ref: Any) -> None:
+        """Drop the bookkeeping of a ref whose result was collected."""
+        ...
+
+
+class SamplerRole(RolloutSamplers, Protocol):
+    """The sampler pool as the train loop uses it, besides handing it to the pipeline."""
+
+    def push_weights(self, weights: Any, version: int) -> dict[str, Any]:
+        """Send new weights to every sampler and wait; the timings (``seconds`` at least)."""
+        ...
+
+    def pop_stats(self) -> list[dict[str, float]]:
+        """Per-call records of every sampler since the last pop (``seconds`` of each call)."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
+class ScoringTeacher(Protocol):
+    """The teacher as ``RolloutPipeline`` uses it: a Serve handle scoring one rollout a call."""
+
+    # ``handle.remote(prompt_ids, response_ids)`` -> DeploymentResponse of TeacherScores
+    handle: DeploymentHandle
+
+
+class TeacherRole(ScoringTeacher, Protocol):
+    """The teacher as the train loop uses it."""
+
+    app_name: str  # the Serve application, for its replica count
+
+    def shutdown(self) -> None: ...
+
+
+class LearnerRole(Protocol):
+    """The learner group as the train loop uses it."""
+
+    @property
+    def version(self) -> int:
+        """Completed training iterations (plus the starting version): the policy version."""
+        ...
+
+    def train_batch(self, batch: Sequence[ScoredRollout], *, mini_batches: int) -> dict[str, float]:
+        """One training iteration on ``batch``; its metrics."""
+        ...
+
+    def state_dict(self) -> Mapping[str, Any]:
+        """The full weights, in Hugging Face checkpoint names, for the samplers."""
+        ...
+
+    def save_checkpoint(self, folder: str | os.PathLike[str]) -> Path: ...
+
+    def load_checkpoint(self, folder: str | os.PathLike[str]) -> int:
+        """Restore a ``save_checkpoint`` folder; the restored version."""
+        ...
+
+    def shutdown(self) -> None: ...
