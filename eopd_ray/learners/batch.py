@@ -71,7 +71,19 @@ def collate(scored: Sequence[ScoredRollout], pad_id: int, *, top_k: int) -> dict
         raise ValueError("collate needs at least one rollout")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    B = len(scored)
+    L = max(max(_sequence_lengths(scored)), 2)
+    out = _empty_batch(len(scored), L, pad_id, top_k)
+    for b, s in enumerate(scored):
+        _fill_row(out, b, s, top_k)
+    out["tokens"] = out["input_ids"][:, 1:].clone()
+    if all("advantage" in s.stats for s in scored):
+        advantages = [s.stats["advantage"] for s in scored]
+        out["advantages"] = torch.tensor(advantages, dtype=torch.float32)
+    return out
+
+
+def _sequence_lengths(scored: Sequence[ScoredRollout]) -> list[int]:
+    """``prompt + response`` lengths; checks each rollout's prompt and per-token lists."""
     lengths = []
     for i, s in enumerate(scored):
         r = s.rollout
@@ -84,56 +96,46 @@ def collate(scored: Sequence[ScoredRollout], pad_id: int, *, top_k: int) -> dict
                 f"{len(r.behaviour_logprobs)} behaviour log-probs and {len(r.versions)} versions"
             )
         lengths.append(len(r.prompt_ids) + T)
-    L = max(max(lengths), 2)
+    return lengths
 
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, L), dtype=torch.long)
-    mask = torch.zeros((B, L - 1), dtype=torch.bool)
-    behav = torch.zeros((B, L - 1), dtype=torch.float32)
-    teacher_lp = torch.zeros((B, L - 1), dtype=torch.float32)
-    teacher_ent = torch.zeros((B, L - 1), dtype=torch.float32)
-    topk_ids = torch.zeros((B, L - 1, top_k), dtype=torch.long)
-    topk_lp = torch.zeros((B, L - 1, top_k), dtype=torch.float32)
-    versions = torch.full((B, L - 1), -1, dtype=torch.long)
 
-    for b, s in enumerate(scored):
-        r, te = s.rollout, s.teacher
-        P, T = len(r.prompt_ids), len(r.response_ids)
-        where = f"rollout {b} (prompt {r.prompt_id})"
-        input_ids[b, :P] = torch.as_tensor(r.prompt_ids, dtype=torch.long)
-        attention_mask[b, : P + T] = 1
-        if T == 0:
-            continue
-        for name, arr in (("logprobs", te.logprobs), ("entropy", te.entropy)):
-            if np.asarray(arr).shape != (T,):
-                raise ValueError(f"{where}: teacher {name} has shape {np.shape(arr)}, want ({T},)")
-        ids, lp = _topk(te.topk_ids, te.topk_logprobs, top_k, T, where)
-        sl = slice(P - 1, P - 1 + T)
-        input_ids[b, P : P + T] = torch.as_tensor(r.response_ids, dtype=torch.long)
-        mask[b, sl] = True
-        behav[b, sl] = torch.as_tensor(r.behaviour_logprobs, dtype=torch.float32)
-        teacher_lp[b, sl] = torch.tensor(np.asarray(te.logprobs, dtype=np.float32))
-        teacher_ent[b, sl] = torch.tensor(np.asarray(te.entropy, dtype=np.float32))
-        topk_ids[b, sl] = torch.tensor(ids, dtype=torch.long)
-        topk_lp[b, sl] = torch.tensor(lp, dtype=torch.float32)
-        versions[b, sl] = torch.as_tensor(r.versions, dtype=torch.long)
-
-    out = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "tokens": input_ids[:, 1:].clone(),
-        "mask": mask,
-        "behaviour_logprobs": behav,
-        "teacher_logprobs": teacher_lp,
-        "teacher_entropy": teacher_ent,
-        "teacher_topk_ids": topk_ids,
-        "teacher_topk_logprobs": topk_lp,
-        "versions": versions,
+def _empty_batch(B: int, L: int, pad_id: int, top_k: int) -> dict[str, torch.Tensor]:
+    """All of :func:`collate`'s tensors but ``tokens``, padded / zero / -1 (versions)."""
+    return {
+        "input_ids": torch.full((B, L), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((B, L), dtype=torch.long),
+        "mask": torch.zeros((B, L - 1), dtype=torch.bool),
+        "behaviour_logprobs": torch.zeros((B, L - 1), dtype=torch.float32),
+        "teacher_logprobs": torch.zeros((B, L - 1), dtype=torch.float32),
+        "teacher_entropy": torch.zeros((B, L - 1), dtype=torch.float32),
+        "teacher_topk_ids": torch.zeros((B, L - 1, top_k), dtype=torch.long),
+        "teacher_topk_logprobs": torch.zeros((B, L - 1, top_k), dtype=torch.float32),
+        "versions": torch.full((B, L - 1), -1, dtype=torch.long),
     }
-    if all("advantage" in s.stats for s in scored):
-        advantages = [s.stats["advantage"] for s in scored]
-        out["advantages"] = torch.tensor(advantages, dtype=torch.float32)
-    return out
+
+
+def _fill_row(out: dict[str, torch.Tensor], b: int, s: ScoredRollout, top_k: int) -> None:
+    """Write rollout ``s`` into row ``b`` of :func:`_empty_batch`'s tensors."""
+    r, te = s.rollout, s.teacher
+    P, T = len(r.prompt_ids), len(r.response_ids)
+    where = f"rollout {b} (prompt {r.prompt_id})"
+    out["input_ids"][b, :P] = torch.as_tensor(r.prompt_ids, dtype=torch.long)
+    out["attention_mask"][b, : P + T] = 1
+    if T == 0:
+        return
+    for name, arr in (("logprobs", te.logprobs), ("entropy", te.entropy)):
+        if np.asarray(arr).shape != (T,):
+            raise ValueError(f"{where}: teacher {name} has shape {np.shape(arr)}, want ({T},)")
+    ids, lp = _topk(te.topk_ids, te.topk_logprobs, top_k, T, where)
+    sl = slice(P - 1, P - 1 + T)
+    out["input_ids"][b, P : P + T] = torch.as_tensor(r.response_ids, dtype=torch.long)
+    out["mask"][b, sl] = True
+    out["behaviour_logprobs"][b, sl] = torch.as_tensor(r.behaviour_logprobs, dtype=torch.float32)
+    out["teacher_logprobs"][b, sl] = torch.tensor(np.asarray(te.logprobs, dtype=np.float32))
+    out["teacher_entropy"][b, sl] = torch.tensor(np.asarray(te.entropy, dtype=np.float32))
+    out["teacher_topk_ids"][b, sl] = torch.tensor(ids, dtype=torch.long)
+    out["teacher_topk_logprobs"][b, sl] = torch.tensor(lp, dtype=torch.float32)
+    out["versions"][b, sl] = torch.as_tensor(r.versions, dtype=torch.long)
 
 
 def dummy_batch(pad_id: int, *, top_k: int) -> dict[str, torch.Tensor]:

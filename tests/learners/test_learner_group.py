@@ -3,7 +3,9 @@ single-process computation of Algorithm 1 on the same batch and the same initial
 
 from __future__ import annotations
 
+import copy
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from eopd_ray.config import LearnerConfig, LossConfig, ModelConfig, OptimConfig
 from eopd_ray.learners.batch import collate, split_mini_batches
 from eopd_ray.learners.learner_group import LearnerGroup, LearnerGroupError, loss_variant_args
 from eopd_ray.learners.loss import eopd_loss
-from eopd_ray.learners.schedule import lr_factor, make_scheduler
+from eopd_ray.learners.schedule import make_scheduler
 from eopd_ray.rollout import Rollout, ScoredRollout, TeacherScores
 
 OPTIM = OptimConfig(lr=1e-2, warmup_steps=1, min_lr_ratio=0.1, grad_clip=1.0)
@@ -34,15 +36,40 @@ ELEMENT_ATOL = 0.25 * OPTIM.lr
 # ------------------------------------------------------------------------------ schedule
 
 
+def schedule_lrs(optim: OptimConfig, total_steps: int, steps: int) -> list[float]:
+    """The learning rate of each of the first ``steps`` optimizer steps under make_scheduler."""
+    opt = torch.optim.SGD([torch.zeros(1)], lr=optim.lr)
+    sched = make_scheduler(opt, optim, total_steps)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
 def test_lr_factor_warmup_cosine_and_floor() -> None:
-    f = {s: lr_factor(s, total_steps=10, warmup_steps=2, min_lr_ratio=0.1) for s in range(12)}
-    assert f[0] == 0.5 and f[1] == 1.0 and f[2] == 1.0
+    """transformers' schedules, as make_scheduler builds them, against hand-computed values:
+    warmup s / warmup_steps, then min + (1 - min)·(1 + cos(π·p))/2, p = (s - 2) / (10 - 2)."""
+    f = schedule_lrs(OptimConfig(lr=1.0, warmup_steps=2, min_lr_ratio=0.1), 10, 11)
+    assert f[0] == 0.0 and f[1] == 0.5 and f[2] == 1.0
     assert f[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert f[10] == pytest.approx(0.1) and f[11] == pytest.approx(0.1)
-    assert all(f[s] >= f[s + 1] for s in range(1, 11))
-    assert lr_factor(5, total_steps=10, warmup_steps=2, schedule="constant") == 1.0
-    sched = make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=2.0), OPTIM, 4)
+    assert f[10] == pytest.approx(0.1)
+    assert all(f[s] >= f[s + 1] for s in range(2, 10))
+    assert f == pytest.approx([_hand(s, 10, 2, 0.1) for s in range(11)])
+    constant = OptimConfig(lr=1.0, warmup_steps=2, schedule="constant")
+    assert schedule_lrs(constant, 10, 6) == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
+    no_warmup = OPTIM.model_copy(update={"warmup_steps": 0})
+    sched = make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=2.0), no_warmup, 4)
     assert sched.get_last_lr() == [2.0]
+
+
+def _hand(step: int, total: int, warmup: int, floor: float) -> float:
+    """The cosine-with-warmup multiplier at optimizer step ``step``, by hand."""
+    if step < warmup:
+        return step / warmup
+    p = (step - warmup) / (total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -223,7 +250,7 @@ def test_one_worker_matches_direct_computation(group1, batch, reference, initial
 
 
 def _factor(step: int) -> float:
-    return lr_factor(step, total_steps=TOTAL_STEPS, warmup_steps=1, min_lr_ratio=0.1)
+    return _hand(step, TOTAL_STEPS, warmup=1, floor=0.1)  # OPTIM's schedule
 
 
 def test_checkpoint_is_a_hf_folder_and_resumes(group1, models, batch, tmp_path):
@@ -282,6 +309,60 @@ def test_decoupled_with_proximal_equal_to_behaviour_is_the_same_step(
     same_update(group.state_dict(), reference[0], initial, "decoupled vs behaviour (direct)")
 
 
+def test_non_finite_loss_skips_the_step(group1, batch):
+    """A NaN / -inf teacher log-prob makes both mini-batches' losses non-finite: both optimizer
+    steps are skipped, the weights and the schedule stay, and the next batch trains."""
+    group, initial_ckpt = group1
+    group.load_checkpoint(initial_ckpt)
+    before = group.state_dict()
+    bad = copy.deepcopy(batch)
+    bad[0].teacher.logprobs[0] = math.nan  # mini-batch 0
+    bad[-1].teacher.logprobs[0] = -math.inf  # mini-batch 1
+    metrics = group.train_batch(bad, mini_batches=MINI_BATCHES)
+    assert metrics["optimizer_steps"] == MINI_BATCHES
+    assert metrics["skipped_steps"] == MINI_BATCHES
+    assert group.consecutive_skipped == MINI_BATCHES and group.version == 1
+    assert max_diff(group.state_dict(), before) == 0.0
+    good = group.train_batch(batch, mini_batches=MINI_BATCHES)
+    assert good["skipped_steps"] == 0 and group.consecutive_skipped == 0
+    assert good["lr_first"] == pytest.approx(OPTIM.lr * _factor(0))  # skips kept the schedule
+    assert max_diff(group.state_dict(), before) > 1e-3
+
+
+def test_dead_worker_surfaces_and_restart_resumes(group1, batch, tmp_path):
+    import ray
+
+    group, initial_ckpt = group1
+    group.load_checkpoint(initial_ckpt)
+    group.train_batch(batch, mini_batches=MINI_BATCHES)
+    ckpt = group.save_checkpoint(tmp_path / "v1")
+    weights = group.state_dict()
+    ray.kill(group._group.actors[0])  # from outside, as an OOM kill or a lost node would
+    with pytest.raises(LearnerGroupError, match="learner rank 0 died during train"):
+        group.train_batch(batch, mini_batches=MINI_BATCHES)
+    with pytest.raises(LearnerGroupError, match="failed earlier"):
+        group.state_dict()
+    assert group.restart(ckpt) == 1 and group.version == 1  # new placement and process group
+    assert max_diff(group.state_dict(), weights) == 0.0
+    metrics = group.train_batch(batch, mini_batches=MINI_BATCHES)
+    assert metrics["version"] == 2 and metrics["staleness_mean"] == 1.0
+
+
+def test_a_call_past_its_deadline_kills_the_workers(group1, batch):
+    """Leaves group1 failed: keep it the last test of group1."""
+    import ray
+
+    group, _ = group1
+    actor = group._group.actors[0]
+    group.command_timeout_s = 0.01
+    with pytest.raises(LearnerGroupError, match="learner train timed out"):
+        group.train_batch(batch, mini_batches=MINI_BATCHES)
+    with pytest.raises(ray.exceptions.RayActorError):  # killed, maybe a moment later
+        for _ in range(100):
+            ray.get(actor.master_address.remote(), timeout=30)
+            time.sleep(0.1)
+
+
 # ------------------------------------------------------------------------------ two workers
 
 
@@ -325,8 +406,10 @@ def test_two_workers_with_an_idle_rank(group2, models, batch, initial):
 
 def test_worker_error_surfaces_as_exception(group2, batch):
     group, _ = group2
-    with pytest.raises(LearnerGroupError, match="index out of range"):
+    with pytest.raises(LearnerGroupError, match="index out of range") as failed:
         group.train_batch(make_bad(batch), mini_batches=1)
+    first_line = str(failed.value).splitlines()[0]  # the worker's own exception, not Ray's text
+    assert first_line.startswith("learner rank ") and "IndexError" in first_line, first_line
     with pytest.raises(LearnerGroupError, match="failed earlier"):
         group.state_dict()
     group.shutdown()  # quick, even though the other rank was waiting in a collective
