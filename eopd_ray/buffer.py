@@ -5,8 +5,9 @@ version ``>= v - max_staleness``. Admission control in the pipeline keeps sample
 further ahead than that, so stale rollouts should be rare; those that still occur (a sampler that
 was restarted, a slow teacher) are counted and handed back to the caller to drop or re-score.
 
-Rollouts are grouped by prompt: a batch holds whole groups (all ``samples_per_prompt`` samples of
-a prompt), which GRPO needs and which keeps per-prompt statistics meaningful.
+Rollouts are grouped by admission (``Rollout.group_id``, one per admitted prompt, stamped by the
+pipeline): a batch holds whole groups (all ``samples_per_prompt`` samples of a prompt), which GRPO
+needs and which keeps per-prompt statistics meaningful.
 """
 
 from __future__ import annotations
@@ -57,17 +58,21 @@ class RolloutBuffer:
 
     def put(self, scored: ScoredRollout) -> None:
         """Add one scored rollout; its group becomes ready when all its samples have arrived."""
-        prompt_id = scored.rollout.prompt_id
-        group = self._partial.setdefault(prompt_id, [])
+        group_id = scored.rollout.group_id
+        group = self._partial.setdefault(group_id, [])
         group.append(scored)
         self.stats.received += 1
         if len(group) == self.samples_per_prompt:
-            del self._partial[prompt_id]
+            del self._partial[group_id]
             group.sort(key=lambda s: s.rollout.sample_index)
-            self._ready[prompt_id] = group
+            self._ready[group_id] = group
 
     def ready_groups(self) -> int:
         return len(self._ready)
+
+    def held_groups(self) -> list[list[ScoredRollout]]:
+        """Every group held, complete or not (what a checkpoint records as not yet trained)."""
+        return [*self._ready.values(), *self._partial.values()]
 
     def pending_rollouts(self) -> int:
         """Rollouts held (ready or waiting for their group's other samples)."""
@@ -95,11 +100,11 @@ class RolloutBuffer:
         batch: list[ScoredRollout] = []
         stale: list[ScoredRollout] = []
         taken = 0
-        oldest_first = sorted(self._ready, key=lambda pid: self._oldest_version(self._ready[pid]))
-        for prompt_id in oldest_first:
+        oldest_first = sorted(self._ready, key=lambda gid: self._oldest_version(self._ready[gid]))
+        for group_id in oldest_first:
             if taken == num_groups:
                 break
-            group = self._ready.pop(prompt_id)
+            group = self._ready.pop(group_id)
             if not self.is_fresh(group, learner_version):
                 stale.extend(group)
                 continue

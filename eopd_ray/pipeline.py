@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +46,16 @@ def _score_rollouts(rollouts: list[Rollout], teacher_handle: Any) -> list[Scored
 class _Chunk:
     sampler_ref: Any
     requests: list[Request]
+    group_ids: list[int]  # one admission id per request (``Rollout.group_id``)
     submitted_at: float
     admitted_version: int  # samplers' weights version when submitted: due at version + η
+    teacher_tries: int = 1  # scoring attempts; a teacher failure re-scores the same rollouts
+
+
+# Failures of the teacher's replicas (killed, restarting) rather than of its code: the chunk's
+# rollouts are scored again, up to ``max_teacher_tries`` times.
+_TEACHER_UNAVAILABLE = ("RayActorError", "ActorDiedError", "ActorUnavailableError",
+                        "DeploymentUnavailableError", "BackPressureError")  # fmt: skip
 
 
 class RolloutPipeline:
@@ -63,6 +71,7 @@ class RolloutPipeline:
         *,
         seed: int = 0,
         chunks_per_batch: int = 2,
+        max_teacher_tries: int = 3,
     ) -> None:
         import ray
 
@@ -78,9 +87,9 @@ class RolloutPipeline:
         self._in_flight: dict[Any, _Chunk] = {}  # scoring ref -> chunk
         self._resample: deque[Request] = deque()
         self.exhausted = False
-        self.resampled = 0
-        self.dropped = 0
-        self.sampler_restarts = 0
+        self.max_teacher_tries = max_teacher_tries
+        self._next_group_id = 0
+        self.counters: Counter[str] = Counter()  # cumulative: restored on resume
 
     # ------------------------------------------------------------------ admission
     def admitted_groups(self) -> int:
@@ -115,18 +124,22 @@ class RolloutPipeline:
             max_tokens=r.max_response_tokens,
             seed=self.seed,
         ):
-            self._chain(sampler_ref, self.samplers.job_requests(sampler_ref))
+            requests = list(self.samplers.job_requests(sampler_ref))
+            group_ids = list(range(self._next_group_id, self._next_group_id + len(requests)))
+            self._next_group_id += len(requests)
+            # The pool's version is that of the weights the chunk is generated at (or newer).
+            chunk = _Chunk(
+                sampler_ref, requests, group_ids, time.perf_counter(), self.samplers.version
+            )
+            self._chain(chunk)
 
-    def _chain(self, sampler_ref: Any, requests: list[Request]) -> None:
-        score_ref = self._score.remote(sampler_ref, self.teacher.handle)
-        # The pool's version is that of the weights the chunk is generated at (or newer).
-        self._in_flight[score_ref] = _Chunk(
-            sampler_ref, list(requests), time.perf_counter(), self.samplers.version
-        )
+    def _chain(self, chunk: _Chunk) -> None:
+        """Score ``chunk``'s rollouts on the teacher as soon as the sampler has them."""
+        self._in_flight[self._score.remote(chunk.sampler_ref, self.teacher.handle)] = chunk
 
     # ------------------------------------------------------------------ consumption
     def _collect(self, timeout_s: float) -> None:
-        """Move finished chunks into the buffer; re-run chunks whose sampler died."""
+        """Move finished chunks into the buffer; re-run chunks whose sampler or teacher died."""
         import ray
 
         if not self._in_flight:
@@ -137,14 +150,43 @@ class RolloutPipeline:
             try:
                 scored = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-                if not _sampler_died(exc, chunk.sampler_ref):
-                    raise
-                self.sampler_restarts += 1
-                self._chain(self.samplers.resubmit(chunk.sampler_ref), chunk.requests)
+                self._retry(chunk, exc)
                 continue
             self.samplers.forget(chunk.sampler_ref)  # done: drop the pool's bookkeeping
-            for s in scored:
+            for s in self._stamp(chunk, scored):
                 self.buffer.put(s)
+
+    def _retry(self, chunk: _Chunk, exc: BaseException) -> None:
+        """A dead sampler: generate the chunk again (the pool's budget); a teacher replica that
+        died or is unavailable: score the same rollouts again (this budget); else raise."""
+        from eopd_ray.errors import root_cause
+
+        if _sampler_died(chunk.sampler_ref):
+            self.counters["sampler_restarts"] += 1
+            chunk.sampler_ref = self.samplers.resubmit(chunk.sampler_ref)
+            self._chain(chunk)
+            return
+        cause, _ = root_cause(exc)
+        unavailable = type(exc).__name__ in _TEACHER_UNAVAILABLE or (
+            type(cause).__name__ in _TEACHER_UNAVAILABLE
+        )
+        if not unavailable or chunk.teacher_tries >= self.max_teacher_tries:
+            raise exc
+        self.counters["teacher_retries"] += 1
+        chunk.teacher_tries += 1
+        self._chain(chunk)
+
+    def _stamp(self, chunk: _Chunk, scored: list[ScoredRollout]) -> list[ScoredRollout]:
+        """Label each rollout with its admission's group id (rollouts come in request order)."""
+        n = self.rollout.samples_per_prompt
+        if len(scored) != n * len(chunk.requests):
+            raise RuntimeError(f"{len(scored)} rollouts for {len(chunk.requests)} requests x {n}")
+        for j, s in enumerate(scored):
+            request, group_id = chunk.requests[j // n], chunk.group_ids[j // n]
+            if s.rollout.prompt_id != request[0]:
+                raise RuntimeError(f"rollout {j} of a chunk is not of prompt {request[0]}")
+            s.rollout.group_id = group_id
+        return scored
 
     def next_batch(
         self, learner_version: int, timeout_s: float = 3600.0
@@ -189,15 +231,15 @@ class RolloutPipeline:
         if not stale:
             return
         if self.config.stale_policy == "drop":
-            self.dropped += len(stale)
+            self.counters["stale_dropped"] += len(stale)
             return
         seen: set[int] = set()
         for s in stale:  # one request per group, sampled again at the current version
-            if s.rollout.prompt_id not in seen:
-                seen.add(s.rollout.prompt_id)
+            if s.rollout.group_id not in seen:
+                seen.add(s.rollout.group_id)
                 r = s.rollout
                 self._resample.append((r.prompt_id, r.prompt_ids, r.answer))
-        self.resampled += len(seen)
+        self.counters["stale_resampled"] += len(seen)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """After the samplers are shut down: collect the failed in-flight chunks (so Ray does not
@@ -218,22 +260,63 @@ class RolloutPipeline:
     def in_flight_groups(self) -> int:
         return sum(len(c.requests) for c in self._in_flight.values())
 
+    def pending_prompt_ids(self) -> list[int]:
+        """Prompts admitted but not trained on yet (in flight, buffered, waiting to be re-sampled),
+        oldest admission first: what a checkpoint must give back on resume, exactly once each."""
+        chunks = sorted(self._in_flight.values(), key=lambda c: c.group_ids[0])
+        in_flight = [
+            (g, r[0]) for c in chunks for g, r in zip(c.group_ids, c.requests, strict=True)
+        ]
+        held = [(g[0].rollout.group_id, g[0].rollout.prompt_id) for g in self.buffer.held_groups()]
+        admitted = [pid for _, pid in sorted(held + in_flight)]
+        return [r[0] for r in self._resample] + [prompt_id for _, prompt_id in admitted]
+
+    def requeue(self, requests: list[Request]) -> None:
+        """Admit ``requests`` before any new prompt (a resumed run's pending prompts)."""
+        self._resample.extendleft(reversed(requests))
+
+    def state(self) -> dict[str, Any]:
+        """The cumulative counters (buffer and pipeline), for a checkpoint."""
+        stats = self.buffer.stats
+        return {
+            "counters": dict(self.counters),
+            "buffer": {"received": stats.received, "consumed": stats.consumed,
+                       "stale": stats.stale, "staleness": dict(stats.staleness)},
+        }  # fmt: skip
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue the counters of :meth:`state` (a resumed run's metrics do not restart)."""
+        self.counters = Counter(state.get("counters", {}))
+        buffer = state.get("buffer", {})
+        stats = self.buffer.stats
+        stats.received = buffer.get("received", 0)
+        stats.consumed = buffer.get("consumed", 0)
+        stats.stale = buffer.get("stale", 0)
+        stats.staleness = Counter({int(k): v for k, v in buffer.get("staleness", {}).items()})
+
     def metrics(self) -> dict[str, float]:
         return {
             **self.buffer.stats.as_metrics(),
             "pipeline/in_flight_groups": float(self.in_flight_groups()),
-            "pipeline/stale_dropped": float(self.dropped),
-            "pipeline/stale_resampled": float(self.resampled),
-            "pipeline/sampler_restarts": float(self.sampler_restarts),
+            **{
+                f"pipeline/{key}": float(self.counters[key])
+                for key in (
+                    "stale_dropped",
+                    "stale_resampled",
+                    "sampler_restarts",
+                    "teacher_retries",
+                )
+            },
         }
 
 
-def _sampler_died(exc: BaseException, sampler_ref: Any) -> bool:
-    """Whether a scoring task failed because its sampler actor died (not a teacher error)."""
+_COUNTERS = ("stale_dropped", "stale_resampled", "sampler_restarts", "teacher_retries")
+
+
+def _sampler_died(sampler_ref: Any) -> bool:
+    """Whether a chunk's sampler call failed because its actor died (not a teacher error)."""
     import ray
 
-    if isinstance(exc, ray.exceptions.RayActorError):
-        return True
     try:
         ray.get(sampler_ref, timeout=0)
     except ray.exceptions.RayActorError:

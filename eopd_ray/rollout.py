@@ -26,6 +26,9 @@ class Rollout:
     versions: list[int]  # [T] policy version that produced each token
     finish_reason: str = "stop"  # "stop" (eos) or "length"
     answer: str | None = None  # gold answer, when the dataset has one
+    # Admission id stamped by the pipeline: one per admitted prompt group, so the same prompt
+    # admitted twice (an epoch boundary at eta >= 1, a re-sample) forms two groups, never one.
+    group_id: int = -1
 
     @property
     def min_version(self) -> int:

@@ -235,12 +235,13 @@ def save_checkpoint(roles: Roles, out: Path, iteration: int) -> Path:
     tmp = final.with_name(final.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     roles.learner.save_checkpoint(tmp)
-    # Prompts not yet trained on (in flight or buffered) are given back on resume.
-    admitted = roles.pipeline.in_flight_groups() + roles.pipeline.buffer.ready_groups()
     state = {
         "iteration": iteration,
         "version": roles.learner.version,
-        "prompt_position": max(0, roles.stream.position - admitted),
+        "prompt_position": roles.stream.position,
+        # taken from the stream but not trained on yet: admitted again first on resume
+        "pending_prompts": roles.pipeline.pending_prompt_ids(),
+        "pipeline": roles.pipeline.state(),
     }
     (tmp / STATE).write_text(json.dumps(state, indent=1))
     write_manifest(tmp)
@@ -259,6 +260,9 @@ def resume(config: RunConfig, roles: Roles, out: Path) -> tuple[int, int]:
     version = roles.learner.load_checkpoint(steps[-1])
     roles.samplers.push_weights(roles.learner.state_dict(), version)
     roles.stream.position = state["prompt_position"]
+    by_id = {request[0]: request for request in roles.stream.rows}
+    roles.pipeline.requeue([by_id[pid] for pid in state["pending_prompts"]])
+    roles.pipeline.restore(state["pipeline"])
     return state["iteration"], version
 
 
@@ -277,7 +281,10 @@ def write_summary(out: Path, config: RunConfig, roles: Roles, final: Path) -> di
         "first": {k: first.get(k) for k in keys},
         "last": {k: last.get(k) for k in keys},
         "skipped_prompts": dict(roles.skipped),
-        **{k: last.get(k) for k in ("buffer/stale", "pipeline/sampler_restarts")},
+        **{
+            k: last.get(k)
+            for k in ("buffer/stale", "pipeline/sampler_restarts", "pipeline/teacher_retries")
+        },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -7,7 +7,9 @@ from eopd_ray.buffer import RolloutBuffer
 from eopd_ray.rollout import Rollout, ScoredRollout, TeacherScores
 
 
-def scored(prompt_id: int, sample: int, versions: list[int]) -> ScoredRollout:
+def scored(
+    prompt_id: int, sample: int, versions: list[int], group_id: int | None = None
+) -> ScoredRollout:
     t = len(versions)
     rollout = Rollout(
         prompt_id=prompt_id,
@@ -16,6 +18,7 @@ def scored(prompt_id: int, sample: int, versions: list[int]) -> ScoredRollout:
         response_ids=list(range(t)),
         behaviour_logprobs=[-1.0] * t,
         versions=versions,
+        group_id=prompt_id if group_id is None else group_id,  # one admission per prompt here
     )
     teacher = TeacherScores(
         logprobs=np.zeros(t, np.float32),
@@ -101,3 +104,19 @@ def test_bad_arguments() -> None:
         RolloutBuffer(max_staleness=-1, samples_per_prompt=1)
     with pytest.raises(ValueError, match="samples_per_prompt"):
         RolloutBuffer(max_staleness=0, samples_per_prompt=0)
+
+
+def test_the_same_prompt_admitted_twice_forms_two_groups() -> None:
+    buffer = RolloutBuffer(max_staleness=1, samples_per_prompt=2)
+    for group_id in (10, 11):  # prompt 7 at the end of epoch 1 and the start of epoch 2
+        buffer.put(scored(7, 0, [0], group_id=group_id))
+    assert buffer.ready_groups() == 0  # two halves of two groups, not one whole group
+    for group_id in (10, 11):
+        buffer.put(scored(7, 1, [0], group_id=group_id))
+    batch, _ = buffer.take(2, learner_version=0)
+    assert [(s.rollout.group_id, s.rollout.sample_index) for s in batch] == [
+        (10, 0),
+        (10, 1),
+        (11, 0),
+        (11, 1),
+    ]
