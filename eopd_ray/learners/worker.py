@@ -31,6 +31,7 @@ import torch
 
 from eopd_ray.learners.batch import collate, dummy_batch
 from eopd_ray.rollout import ScoredRollout
+from eopd_ray.vocab import vocab_stats
 
 __all__ = ["DS_SUBDIR", "LearnerWorker", "token_logprobs"]
 
@@ -41,15 +42,9 @@ _STATE_FILE = "learner_state.json"
 
 @torch.no_grad()
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """``log softmax(logits)[..., tokens]`` in float32, [B, T], without a [B, T, V] float32 copy."""
-    B, T, _ = logits.shape
-    out = torch.empty((B, T), dtype=torch.float32, device=logits.device)
-    for b in range(B):
-        for s in range(0, T, chunk_size):
-            z = logits[b, s : s + chunk_size].float()
-            tok = tokens[b, s : s + chunk_size].to(z.device)
-            out[b, s : s + chunk_size] = z.gather(-1, tok[:, None]).squeeze(-1) - z.logsumexp(-1)
-    return out
+    """``log softmax(logits)[..., tokens]`` in float32, [B, T], without a [B, T, V] float32 copy
+    (the shared chunked kernel, ``eopd_ray/vocab.py``)."""
+    return vocab_stats(logits, tokens, chunk_size=chunk_size, dtype=torch.float32).logprobs
 
 
 @dataclass
