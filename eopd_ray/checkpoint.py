@@ -1,4 +1,9 @@
-"""Checkpoint folders of a run: ``output_dir/checkpoints/step_N/``.
+"""Checkpoint folders of a run: ``output_dir/checkpoints/step_N/``: saving, verifying, resuming.
+
+A checkpoint holds the learner's Hugging Face folder and DeepSpeed state and ``trainer_state.json``:
+the iteration, the policy version, the prompt stream's position, the prompts taken from it but not
+trained on yet (in flight, buffered, waiting to be re-sampled: re-admitted first on resume, so each
+prompt is trained exactly once per epoch) and the pipeline's cumulative counters.
 
 A checkpoint is written aside (``step_N.partial``) and renamed when complete, so a kill during a
 save never leaves a folder that looks complete. Its last file is ``manifest.json``: the SHA-256 and
@@ -11,11 +16,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eopd_ray.train import Roles
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 _BLOCK = 1 << 20
+# The data state of a run that has no checkpoint yet (a learner restarted from student.path).
+_INITIAL: dict[str, Any] = {
+    "iteration": 0,
+    "prompt_position": 0,
+    "pending_prompts": [],
+    "pipeline": {},
+}
 
 
 class CheckpointError(RuntimeError):
@@ -65,6 +82,51 @@ def verify_manifest(folder: Path) -> None:
             raise CheckpointError(f"{folder}: {name} is missing")
         if file.stat().st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
             raise CheckpointError(f"{folder}: {name} differs from its checksum at save")
+
+
+def save_checkpoint(roles: Roles, out: Path, iteration: int) -> Path:
+    """``checkpoints/step_N``: HF folder + learner state + checksums, written aside then renamed."""
+    final = out / "checkpoints" / f"step_{iteration}"
+    if final.exists():
+        return final
+    tmp = final.with_name(final.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    roles.learner.save_checkpoint(tmp)
+    state = {
+        "iteration": iteration,
+        "version": roles.learner.version,
+        "prompt_position": roles.stream.position,
+        # taken from the stream but not trained on yet: admitted again first on resume
+        "pending_prompts": roles.pipeline.pending_prompt_ids(),
+        "pipeline": roles.pipeline.state(),
+    }
+    (tmp / STATE).write_text(json.dumps(state, indent=1))
+    write_manifest(tmp)
+    tmp.rename(final)
+    return final
+
+
+def resume(roles: Roles, out: Path) -> tuple[int, int]:
+    """(start iteration, policy version): from the newest complete checkpoint, if any; its files
+    are checked against the manifest written at save before anything is loaded."""
+    steps = complete_checkpoints(out)  # a Ctrl-C mid-save leaves step_N.partial
+    if not steps:
+        return 0, roles.learner.version
+    verify_manifest(steps[-1])
+    version = roles.learner.load_checkpoint(steps[-1])
+    return restore_data(roles, steps[-1]), version
+
+
+def restore_data(roles: Roles, folder: Path | None) -> int:
+    """Point samplers, prompt stream and pipeline at ``folder``'s state (None: the start); the
+    learner already holds its weights. Returns the checkpoint's iteration."""
+    state = json.loads((folder / STATE).read_text()) if folder else _INITIAL
+    roles.samplers.push_weights(roles.learner.state_dict(), roles.learner.version)
+    roles.stream.position = state["prompt_position"]
+    by_id = {request[0]: request for request in roles.stream.rows}
+    roles.pipeline.requeue([by_id[pid] for pid in state["pending_prompts"]])
+    roles.pipeline.restore(state["pipeline"])
+    return state["iteration"]
 
 
 def complete_checkpoints(out: Path) -> list[Path]:

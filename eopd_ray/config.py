@@ -318,6 +318,9 @@ class LearnerConfig(_Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
     micro_batch_sequences: int = Field(8, ge=1, description="sequences per forward/backward")
     gradient_checkpointing: bool = False
+    # A learner worker that dies (OOM, node loss) is replaced: the group restarts from the newest
+    # checkpoint and the run redoes the iterations since; this many times per run at most.
+    max_restarts: int = Field(2, ge=0)
 
 
 class PipelineConfig(_Section):

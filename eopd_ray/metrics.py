@@ -27,22 +27,34 @@ class MetricsLogger:
 
     def __init__(self, output_dir: Path, total_iterations: int, start: int = 0, bar: bool = True):
         self.path = output_dir / "metrics.jsonl"
-        truncate_metrics(self.path, start)
-        self._file = self.path.open("a")
+        self._tb_dir = output_dir / "tensorboard"
+        self._file: Any = None
         self._tb: Any = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(
-                log_dir=str(output_dir / "tensorboard"), purge_step=start if start else None
-            )
-        except ImportError:  # tensorboard is a declared dependency; keep JSONL if it is absent
-            self._tb = None
+        self._open(start)
         self._bar: Any = None
         if bar:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_iterations, initial=start, unit="it", dynamic_ncols=True)
+
+    def _open(self, start: int) -> None:
+        truncate_metrics(self.path, start)
+        self._file = self.path.open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = start if start else None
+            self._tb = SummaryWriter(log_dir=str(self._tb_dir), purge_step=purge)
+        except ImportError:  # tensorboard is a declared dependency; keep JSONL if it is absent
+            self._tb = None
+
+    def rewind(self, start: int) -> None:
+        """Continue from iteration ``start`` (the run went back to a checkpoint in this process)."""
+        self._close_files()
+        self._open(start)
+        if self._bar is not None:
+            self._bar.n = start
+            self._bar.refresh()
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
         row = {"iteration": iteration, **{k: _clean(v) for k, v in metrics.items()}}
@@ -59,10 +71,13 @@ class MetricsLogger:
             )
             self._bar.update(1)
 
-    def close(self) -> None:
+    def _close_files(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+    def close(self) -> None:
+        self._close_files()
         if self._bar is not None:
             self._bar.close()
 

@@ -257,19 +257,35 @@ class RolloutPipeline:
         for ref in pending:
             ray.cancel(ref, force=True)
 
+    def reset(self) -> None:
+        """Forget every admitted prompt (in flight, buffered, queued for re-sampling): after the
+        learner was restored to an older checkpoint that work belongs to a newer policy. The
+        caller re-admits the checkpoint's pending prompts (:meth:`requeue`). Counters stay."""
+        import ray
+
+        for ref, chunk in self._in_flight.items():
+            ray.cancel(ref, force=False)  # the scoring task; its result is never read
+            self.samplers.forget(chunk.sampler_ref)
+        self._in_flight.clear()
+        stats = self.buffer.stats
+        self.buffer = RolloutBuffer(self.config.max_staleness, self.rollout.samples_per_prompt)
+        self.buffer.stats = stats
+        self._resample.clear()
+        self.exhausted = False
+
     def in_flight_groups(self) -> int:
         return sum(len(c.requests) for c in self._in_flight.values())
 
     def pending_prompt_ids(self) -> list[int]:
         """Prompts admitted but not trained on yet (in flight, buffered, waiting to be re-sampled),
         oldest admission first: what a checkpoint must give back on resume, exactly once each."""
-        chunks = sorted(self._in_flight.values(), key=lambda c: c.group_ids[0])
         in_flight = [
-            (g, r[0]) for c in chunks for g, r in zip(c.group_ids, c.requests, strict=True)
+            (g, r[0])
+            for c in self._in_flight.values()
+            for g, r in zip(c.group_ids, c.requests, strict=True)
         ]
         held = [(g[0].rollout.group_id, g[0].rollout.prompt_id) for g in self.buffer.held_groups()]
-        admitted = [pid for _, pid in sorted(held + in_flight)]
-        return [r[0] for r in self._resample] + [prompt_id for _, prompt_id in admitted]
+        return [r[0] for r in self._resample] + [pid for _, pid in sorted(held + in_flight)]
 
     def requeue(self, requests: list[Request]) -> None:
         """Admit ``requests`` before any new prompt (a resumed run's pending prompts)."""
@@ -298,19 +314,17 @@ class RolloutPipeline:
         return {
             **self.buffer.stats.as_metrics(),
             "pipeline/in_flight_groups": float(self.in_flight_groups()),
-            **{
-                f"pipeline/{key}": float(self.counters[key])
-                for key in (
-                    "stale_dropped",
-                    "stale_resampled",
-                    "sampler_restarts",
-                    "teacher_retries",
-                )
-            },
+            **{f"pipeline/{key}": float(self.counters[key]) for key in _COUNTERS},
         }
 
 
-_COUNTERS = ("stale_dropped", "stale_resampled", "sampler_restarts", "teacher_retries")
+_COUNTERS = (
+    "stale_dropped",
+    "stale_resampled",
+    "sampler_restarts",
+    "teacher_retries",
+    "learner_restarts",
+)
 
 
 def _sampler_died(sampler_ref: Any) -> bool:

@@ -12,16 +12,18 @@ Re-running with the same ``output_dir`` resumes from the last checkpoint.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eopd_ray.checkpoint import STATE, complete_checkpoints, verify_manifest, write_manifest
+from eopd_ray.checkpoint import resume, save_checkpoint
 from eopd_ray.config import RunConfig, dump_config
 from eopd_ray.data.prompts import PromptStream, load_prompts
+from eopd_ray.eval.scoring import Verifier
+from eopd_ray.faults import check_finite, recover_learner
+from eopd_ray.learners.worker_group import LearnerGroupError
 from eopd_ray.metrics import MetricsLogger
 from eopd_ray.pipeline import RolloutPipeline
 from eopd_ray.preflight import check_run_config
@@ -47,6 +49,9 @@ class Roles:
     tokenizer: PreTrainedTokenizerBase
     skipped: Counter[str] = field(default_factory=Counter)
     scaler: SamplerScaler | None = None  # when sampler.min_actors < sampler.max_actors
+    # Rollout grading in a killable child process (eval/scoring.py): one pathological answer
+    # costs seconds and counts as wrong, it cannot hang the driver.
+    verifier: Verifier = field(default_factory=lambda: Verifier(timeout_s=5.0))
 
 
 def train(config: RunConfig, address: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -58,28 +63,33 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
     init_ray(config.ray, address, config.sampler.kv_cache_gib)
     roles = start_roles(config, inputs)
     try:
-        start, version = resume(config, roles, out)
+        it, version = resume(roles, out)
         iterations = total_iterations(config, roles.stream)
-        log = MetricsLogger(out, iterations, start=start, bar=progress)
-        done = start
-        for it in range(start, iterations):
+        log = MetricsLogger(out, iterations, start=it, bar=progress)
+        while it < iterations:
             t0 = time.perf_counter()
             roles.pipeline.fill()  # generate: admission-controlled, runs while we train
             batch, wait_s = roles.pipeline.next_batch(version)  # score -> buffer -> fresh batch
             if not batch:
                 break
-            train_metrics = roles.learner.train_batch(batch, mini_batches=mini_batches(config))
-            version = roles.learner.version
-            sync = roles.samplers.push_weights(roles.learner.state_dict(), version)  # sync
+            try:
+                train_metrics = roles.learner.train_batch(batch, mini_batches=mini_batches(config))
+                check_finite(config, roles, out, it)  # skipped steps in a row: stop
+                version = roles.learner.version
+                sync = roles.samplers.push_weights(roles.learner.state_dict(), version)  # sync
+            except LearnerGroupError as failure:  # a worker died: back to the newest checkpoint
+                it, version = recover_learner(config, roles, out, failure)
+                log.rewind(it)
+                continue
             if it + 1 < iterations:
                 roles.pipeline.fill()  # the next prompts start at the new version right away
             metrics = iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0)
             metrics |= autoscale(config, roles, metrics)  # sampler pool size; teacher replicas
             log.log(it, metrics)
-            done = it + 1
-            if done % config.pipeline.checkpoint_every == 0:
-                save_checkpoint(roles, out, done)
-        final = save_checkpoint(roles, out, done)
+            it += 1
+            if it % config.pipeline.checkpoint_every == 0:
+                save_checkpoint(roles, out, it)
+        final = save_checkpoint(roles, out, it)
         log.close()
         return write_summary(out, config, roles, final)
     finally:
@@ -198,15 +208,13 @@ def iteration_metrics(
     started: float,
 ) -> dict[str, float]:
     """Learner metrics plus what the batch itself says (accuracy, lengths, stage times)."""
-    from eopd_ray.eval.scoring import is_correct
-
     wall = time.perf_counter() - started
     lengths = [len(s.rollout) for s in batch]
     graded = [s for s in batch if s.rollout.answer is not None]
-    correct = sum(
-        is_correct(roles.tokenizer.decode(s.rollout.response_ids), s.rollout.answer or "")
-        for s in graded
+    verdicts = roles.verifier.check_many(
+        [(roles.tokenizer.decode(s.rollout.response_ids), s.rollout.answer or "") for s in graded]
     )
+    correct = sum(v.correct for v in verdicts)
     tokens = train.get("num_tokens", float(sum(lengths)))
     sampler_s = sum(r.get("seconds", 0.0) for r in roles.samplers.pop_stats())
     metrics = {f"train/{k}": v for k, v in train.items()}
@@ -225,45 +233,6 @@ def iteration_metrics(
         "version": float(roles.learner.version),
     }
     return metrics | roles.pipeline.metrics()
-
-
-def save_checkpoint(roles: Roles, out: Path, iteration: int) -> Path:
-    """``checkpoints/step_N``: HF folder + learner state + checksums, written aside then renamed."""
-    final = out / "checkpoints" / f"step_{iteration}"
-    if final.exists():
-        return final
-    tmp = final.with_name(final.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    roles.learner.save_checkpoint(tmp)
-    state = {
-        "iteration": iteration,
-        "version": roles.learner.version,
-        "prompt_position": roles.stream.position,
-        # taken from the stream but not trained on yet: admitted again first on resume
-        "pending_prompts": roles.pipeline.pending_prompt_ids(),
-        "pipeline": roles.pipeline.state(),
-    }
-    (tmp / STATE).write_text(json.dumps(state, indent=1))
-    write_manifest(tmp)
-    tmp.rename(final)
-    return final
-
-
-def resume(config: RunConfig, roles: Roles, out: Path) -> tuple[int, int]:
-    """(start iteration, policy version): from the newest complete checkpoint, if any; its files
-    are checked against the manifest written at save before anything is loaded."""
-    steps = complete_checkpoints(out)  # a Ctrl-C mid-save leaves step_N.partial
-    if not steps:
-        return 0, roles.learner.version
-    verify_manifest(steps[-1])
-    state = json.loads((steps[-1] / STATE).read_text())
-    version = roles.learner.load_checkpoint(steps[-1])
-    roles.samplers.push_weights(roles.learner.state_dict(), version)
-    roles.stream.position = state["prompt_position"]
-    by_id = {request[0]: request for request in roles.stream.rows}
-    roles.pipeline.requeue([by_id[pid] for pid in state["pending_prompts"]])
-    roles.pipeline.restore(state["pipeline"])
-    return state["iteration"], version
 
 
 def write_summary(out: Path, config: RunConfig, roles: Roles, final: Path) -> dict[str, Any]:
@@ -294,7 +263,7 @@ def stop_roles(roles: Roles) -> None:
     """Stop every actor; safe after Ctrl-C (checkpoints are already complete on disk)."""
     # samplers before the pipeline, whose in-flight chunks then fail fast; teacher last
     stops = (roles.learner.shutdown, roles.samplers.shutdown, roles.pipeline.close)
-    for stop in (*stops, roles.teacher.shutdown):
+    for stop in (*stops, roles.teacher.shutdown, roles.verifier.close):
         try:
             stop()
         except Exception as exc:  # keep stopping the others
