@@ -2,10 +2,12 @@
 
 ``ray.shutdown()`` stops the local Ray that ``eopd-ray train`` / ``eval`` start, but a driver
 killed with SIGKILL (OOM killer, a scheduler's hard kill) runs no clean-up, and some of Ray's
-agent processes outlive it. :func:`watch` starts this module as a detached process next to a
-local Ray: it waits for the driver to die, then stops every process whose command line names
-that Ray session's folder (SIGTERM, then SIGKILL after a grace period). Other Ray instances on the
-machine are left alone: they run in other session folders.
+agent processes (``ray::RuntimeEnvAgent``, ``ray::DashboardAgent``) outlive it. :func:`watch`
+starts this module as a detached process next to a local Ray. While the driver lives it notes the
+driver's descendants every second (once the driver is gone they are re-parented and can no longer
+be found as its children); when the driver dies it stops those, and every process whose command
+line names that Ray session's folder (SIGTERM, then SIGKILL after a grace period). Other Ray
+instances on the machine are left alone: they are neither descendants nor in that folder.
 """
 
 from __future__ import annotations
@@ -49,9 +51,37 @@ def session_processes(session_dir: str) -> list[int]:
     return pids
 
 
-def stop_session(session_dir: str, grace_s: float = _GRACE_S) -> int:
-    """SIGTERM the session's processes, SIGKILL what is left after ``grace_s``; how many."""
-    pids = session_processes(session_dir)
+def descendants(pid: int) -> dict[int, float]:
+    """{pid: start time} of every process below ``pid`` (empty once it is gone)."""
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return {}
+    out = {}
+    for child in children:
+        if child.pid == os.getpid():  # the reaper is the driver's child too
+            continue
+        with contextlib.suppress(psutil.Error):
+            out[child.pid] = child.create_time()
+    return out
+
+
+def _still_ours(known: dict[int, float]) -> list[int]:
+    """The noted processes that still run (same PID and start time: not a reused PID)."""
+    import psutil
+
+    pids = []
+    for pid, started in known.items():
+        with contextlib.suppress(psutil.Error):
+            if psutil.Process(pid).create_time() == started:
+                pids.append(pid)
+    return pids
+
+
+def stop(pids: list[int], grace_s: float = _GRACE_S) -> list[int]:
+    """SIGTERM ``pids``, SIGKILL what is left after ``grace_s``; the PIDs still alive after."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -62,7 +92,7 @@ def stop_session(session_dir: str, grace_s: float = _GRACE_S) -> int:
         pids = [p for p in pids if _alive(p)]
         if not pids:
             break
-    return len(session_processes(session_dir))
+    return pids
 
 
 def watch(session_dir: str, driver_pid: int | None = None) -> subprocess.Popen[bytes]:
@@ -79,9 +109,11 @@ def watch(session_dir: str, driver_pid: int | None = None) -> subprocess.Popen[b
 
 def main(argv: list[str]) -> int:
     driver_pid, session_dir = int(argv[0]), argv[1]
+    known: dict[int, float] = {}
     while _alive(driver_pid):
+        known |= descendants(driver_pid)
         time.sleep(_POLL_S)
-    stop_session(session_dir)
+    stop(sorted(set(_still_ours(known)) | set(session_processes(session_dir))))
     return 0
 
 

@@ -135,3 +135,80 @@ def test_a_batch_waits_for_the_chunks_due_at_its_version(eta: int) -> None:
     assert pipeline._due_in_flight(3 + eta)  # must be in this batch: wait for it
     pipeline._in_flight = {}
     assert not pipeline._due_in_flight(3 + eta)
+
+
+def _scored(prompt_id: int, group_id: int):
+    import numpy as np
+
+    from eopd_ray.rollout import Rollout, ScoredRollout, TeacherScores
+
+    rollout = Rollout(prompt_id, 0, [1], [2], [-1.0], [0], group_id=group_id)
+    zeros = np.zeros(1, np.float32)
+    return ScoredRollout(rollout, TeacherScores(zeros, zeros, np.zeros((1, 1), np.int64), zeros))
+
+
+def test_pending_prompts_and_counters_survive_a_checkpoint() -> None:
+    """What a checkpoint records as not yet trained: the re-sample queue first, then in-flight
+    and buffered groups in admission order, each once; counters round-trip."""
+    from eopd_ray.pipeline import RolloutPipeline, _Chunk
+
+    rollout = RolloutConfig(batch_prompts=4, mini_batch_prompts=4, samples_per_prompt=1)
+    pipeline = RolloutPipeline(lambda n: [], None, None, rollout, PipelineConfig(max_staleness=1))
+    pipeline._in_flight = {"a": _Chunk(None, [(7, [1], None), (3, [1], None)], [5, 6], 0.0, 0)}
+    pipeline.buffer.put(_scored(9, group_id=2))  # admitted before the in-flight chunk
+    pipeline.buffer.put(_scored(7, group_id=8))  # prompt 7 again, a later admission
+    pipeline.requeue([(4, [1], None)])
+    assert pipeline.pending_prompt_ids() == [4, 9, 7, 3, 7]
+    pipeline.counters.update(sampler_restarts=2, teacher_retries=1)
+    state = pipeline.state()
+    fresh = RolloutPipeline(lambda n: [], None, None, rollout, PipelineConfig(max_staleness=1))
+    fresh.restore(state)
+    assert fresh.metrics()["pipeline/sampler_restarts"] == 2.0
+    assert fresh.metrics()["pipeline/teacher_retries"] == 1.0
+    assert fresh.buffer.stats.received == 2
+
+
+@pytest.mark.parametrize(
+    ("sampler_dead", "cause", "counted"),
+    [
+        (True, "ActorDiedError", "sampler_restarts"),  # the sampler died: generate again
+        (False, "ActorDiedError", "teacher_retries"),  # a teacher replica died: score again
+        (False, "DeploymentUnavailableError", "teacher_retries"),
+    ],
+)
+def test_a_failed_chunk_is_charged_to_the_role_that_failed(
+    monkeypatch, sampler_dead: bool, cause: str, counted: str
+) -> None:
+    import eopd_ray.pipeline as pipeline_module
+    from eopd_ray.pipeline import RolloutPipeline, _Chunk
+
+    resubmitted: list[str] = []
+    samplers = type("Samplers", (), {"resubmit": lambda self, ref: resubmitted.append(ref) or ref})
+    rollout = RolloutConfig(batch_prompts=4, mini_batch_prompts=4, samples_per_prompt=1)
+    pipeline = RolloutPipeline(lambda n: [], samplers(), None, rollout, PipelineConfig())
+    chained: list[_Chunk] = []
+    monkeypatch.setattr(pipeline, "_chain", chained.append)
+    monkeypatch.setattr(pipeline_module, "_sampler_died", lambda ref: sampler_dead)
+    chunk = _Chunk("sampler-ref", [(1, [1], None)], [0], 0.0, 0)
+    pipeline._retry(chunk, type(cause, (RuntimeError,), {})("replica gone"))
+    assert pipeline.counters == {counted: 1} and chained == [chunk]
+    assert resubmitted == (["sampler-ref"] if sampler_dead else [])
+
+
+def test_a_teacher_bug_is_raised_and_its_retries_are_bounded(monkeypatch) -> None:
+    import eopd_ray.pipeline as pipeline_module
+    from eopd_ray.pipeline import RolloutPipeline, _Chunk
+
+    rollout = RolloutConfig(batch_prompts=4, mini_batch_prompts=4, samples_per_prompt=1)
+    pipeline = RolloutPipeline(lambda n: [], None, None, rollout, PipelineConfig())
+    monkeypatch.setattr(pipeline, "_chain", lambda chunk: None)
+    monkeypatch.setattr(pipeline_module, "_sampler_died", lambda ref: False)
+    chunk = _Chunk(None, [(1, [1], None)], [0], 0.0, 0)
+    with pytest.raises(KeyError):  # not an unavailable replica: the teacher's own error
+        pipeline._retry(chunk, KeyError("tokens"))
+    gone = type("ActorDiedError", (RuntimeError,), {})("replica gone")
+    pipeline._retry(chunk, gone)
+    pipeline._retry(chunk, gone)
+    with pytest.raises(RuntimeError, match="replica gone"):  # the third try was the last
+        pipeline._retry(chunk, gone)
+    assert pipeline.counters["teacher_retries"] == 2

@@ -44,8 +44,10 @@ def test_preset_defaults_from_another_directory_give_a_usable_checkpoint(
     short = ("rollout.max_response_tokens=32", "--no-progress")
 
     out = _cli(work, "train", preset, "pipeline.iterations=2", *short)
-    assert out.strip().splitlines()[-1].startswith(
-        "done: 2 iterations, checkpoint runs/tiny-eopd/checkpoints/step_2,"
+    assert (
+        out.strip()
+        .splitlines()[-1]
+        .startswith("done: 2 iterations, checkpoint runs/tiny-eopd/checkpoints/step_2,")
     )
     run = work / "runs" / "tiny-eopd"
     step2 = run / "checkpoints" / "step_2"
@@ -77,3 +79,49 @@ def test_preset_defaults_from_another_directory_give_a_usable_checkpoint(
     assert "student" in json.dumps(results)
     samples = work / "runs" / "eval-tiny" / "student" / "gsm8k" / "samples.jsonl"
     assert len(samples.read_text().splitlines()) == 2
+
+
+def test_a_sigkilled_driver_leaves_no_processes_and_the_rerun_resumes_exactly(
+    tiny_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    import psutil
+
+    teacher, student = tiny_models
+    args = [
+        "train",
+        str(REPO / "configs" / "tiny.yaml"),
+        f"teacher.path={teacher}",
+        f"student.path={student}",
+        "output_dir=run",
+        "pipeline.iterations=4",
+        "pipeline.checkpoint_every=1",
+        "rollout.max_response_tokens=16",
+        "rollout.batch_prompts=8",
+        "rollout.mini_batch_prompts=8",
+        "rollout.samples_per_prompt=1",
+        "--no-progress",
+    ]
+    driver = subprocess.Popen(
+        [EOPD_RAY, *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    step = tmp_path / "run" / "checkpoints" / "step_2"
+    deadline = time.monotonic() + 400
+    while not step.is_dir() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert step.is_dir(), "no checkpoint before the kill"
+    family = psutil.Process(driver.pid).children(recursive=True)  # the local Ray it started
+    assert family
+    driver.send_signal(signal.SIGKILL)  # no clean-up of its own: the reaper stops its Ray
+    driver.wait()
+    _, alive = psutil.wait_procs(family, timeout=60)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [p.cmdline()[:2] for p in alive]
+
+    out = _cli(tmp_path, *args)  # the same command again: resumes from the newest checkpoint
+    assert "done: 4 iterations, checkpoint run/checkpoints/step_4," in out
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3]  # redone iterations once each
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["iterations"] == 4
