@@ -4,6 +4,7 @@
     eopd-ray toy --out runs/toy                 # the paper's toy experiment (§3.2, Table 1)
     eopd-ray config configs/tiny.yaml loss.tau=1.0   # validate a preset and print it resolved
     eopd-ray tiny-models --out runs/tiny-models  # build + pre-train the tiny pair (cached)
+    eopd-ray models smollm2 --out runs/smollm2   # SmolLM2 teacher + pruned, healed student
     eopd-ray eval configs/eval-tiny.yaml [key=value ...] [--address URL]  # evaluation job
     eopd-ray submit train|eval CONFIG [key=value ...] --address URL   # a job on a Ray cluster
     eopd-ray jobs list|logs|status|stop [JOB_ID] --address URL        # jobs on that cluster
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eopd_ray.config import ConfigError, dump_config, load_config
+from eopd_ray.config_io import ConfigError, dump_config, load_config
 
 
 class UsageError(ValueError):
@@ -40,7 +41,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def _cmd_toy(args: argparse.Namespace) -> int:
     # Imported here so `eopd-ray config` does not pay for numpy/matplotlib start-up.
-    from eopd_ray.config import validate
+    from eopd_ray.config_io import validate
     from eopd_ray.toy import ToyConfig, format_summary, run_toy
 
     fields = {
@@ -103,6 +104,32 @@ def _cmd_tiny_models(args: argparse.Namespace) -> int:
 
     teacher_dir, student_dir = prepare_tiny_models(Path(args.out), PretrainSettings(seed=args.seed))
     print(f"teacher: {teacher_dir}\nstudent: {student_dir}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    import torch
+
+    from eopd_ray.models.smollm2 import MARKER, SmolLM2Settings, prepare_smollm2
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # 1 is faster when other jobs share the cores
+    options = {"seed": args.seed, "heal_steps": args.heal_steps, "eval_prompts": args.eval_prompts}
+    settings = dataclasses.replace(
+        SmolLM2Settings(), **{k: v for k, v in options.items() if v is not None}
+    )
+    teacher_dir, student_dir = prepare_smollm2(args.out, settings, progress=not args.no_progress)
+    report = json.loads((Path(args.out) / MARKER).read_text())["report"]
+    kl = report["kl_per_token"]
+    print(
+        f"teacher: {teacher_dir} ({report['teacher']['parameters'] / 1e6:.1f}M parameters)\n"
+        f"student: {student_dir} ({report['student']['parameters'] / 1e6:.1f}M parameters, "
+        f"KL to the teacher {kl['before_healing']:.2f} -> {kl['after_healing']:.2f} nats/token "
+        f"after healing)\nreport: {Path(args.out) / MARKER}"
+    )
     return 0
 
 
@@ -211,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", default="runs/tiny-models", help="output folder")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny_models)
+
+    models = sub.add_parser(
+        "models",
+        help="convert a real pretrained teacher, prune and heal its student (cached)",
+    )
+    models.add_argument("name", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct")
+    models.add_argument("--out", default="runs/smollm2", help="output folder")
+    models.add_argument("--seed", type=int)
+    models.add_argument("--heal-steps", type=int, help="distillation steps healing the student")
+    models.add_argument("--eval-prompts", type=int, help="held-out teacher answers for the KL")
+    models.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    models.add_argument("--no-progress", action="store_true", help="no progress bars")
+    models.set_defaults(func=_cmd_models)
 
     sub_job = sub.add_parser("submit", help="submit a train or eval job to a Ray cluster")
     sub_job.add_argument("kind", choices=["train", "eval"])

@@ -11,7 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from eopd_ray.config import BUILTIN_DATA, ConfigError, RunConfig, is_hub_id
+from eopd_ray.config import BUILTIN_DATA, RunConfig
+from eopd_ray.config_io import ConfigError, is_hub_id
 
 
 def check_model_path(key: str, path: str) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eopd_ray.checkpoint import resume, save_checkpoint
-from eopd_ray.config import RunConfig, dump_config
+from eopd_ray.config import RunConfig
+from eopd_ray.config_io import dump_config
 from eopd_ray.data.prompts import PromptStream, load_prompts
 from eopd_ray.eval.scoring import Verifier
 from eopd_ray.faults import check_finite, recover_learner

@@ -9,7 +9,7 @@ import pytest
 
 from eopd_ray import jobs
 from eopd_ray.cli import main
-from eopd_ray.config import ConfigError
+from eopd_ray.config_io import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

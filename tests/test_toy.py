@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from eopd_ray import toy
-from eopd_ray.config import ConfigError, validate
+from eopd_ray.config_io import ConfigError, validate
 from eopd_ray.toy import (
     OBJECTIVES,
     SCENARIOS,

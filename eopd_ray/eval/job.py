@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from eopd_ray.config import dump_config
+from eopd_ray.config_io import dump_config
 from eopd_ray.eval.benchmarks import EvalProblem, load_benchmark
 from eopd_ray.eval.config import CheckpointSpec, EvalConfig
 from eopd_ray.eval.metrics import summarize

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from eopd_ray.config import ConfigError
+from eopd_ray.config_io import ConfigError
 from eopd_ray.eval.config import CheckpointSpec, EvalConfig
 
 

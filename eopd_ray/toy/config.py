@@ -47,7 +47,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
 
-from eopd_ray.config import _Section
+from eopd_ray.config_io import Section
 
 __all__ = ["OBJECTIVES", "SCENARIOS", "TEACHER_TOP_LOGITS", "ToyConfig"]
 
@@ -86,7 +86,7 @@ Seeds = Annotated[tuple[Annotated[Int, Field(ge=0)], ...], AfterValidator(_seeds
 Temperatures = Annotated[tuple[Annotated[Real, Field(gt=0.0)], ...], AfterValidator(_low_high_pair)]
 
 
-class ToyConfig(_Section):
+class ToyConfig(Section):
     """Settings of the toy experiment; see the module docstring for why the defaults.
 
     Attributes:
@@ -111,7 +111,7 @@ class ToyConfig(_Section):
     vocab_size: Int = Field(80, ge=len(TEACHER_TOP_LOGITS) + 1)
     seeds: Seeds = (0, 1, 2)
     steps: Int = Field(1000, ge=1)
-    lr: Real = Field(0.2, gt=0.0)  # finite: _Section refuses inf and nan
+    lr: Real = Field(0.2, gt=0.0)  # finite: Section refuses inf and nan
     samples_per_step: Int = Field(1, ge=1)
     student_top_k: Int = Field(10, ge=1, description="below vocab_size")
     teacher_temperatures: Temperatures = (0.3, 1.0)
