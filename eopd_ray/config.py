@@ -24,7 +24,7 @@ class ModelConfig(Section):
 
     path: ModelPath
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    # Qwen3 non-thinking template of DESIGN.md for Qwen models, the model's own otherwise.
+    # Qwen3 non-thinking template of docs/design.md for Qwen models, the model's own otherwise.
     chat_template: Literal["auto", "qwen3_nothink", "qwen3_base", "model"] = "auto"
 
 
@@ -39,7 +39,7 @@ _VARIANT_FIELDS = {
 
 
 class LossConfig(Section):
-    """DESIGN.md §1. ``variant`` picks the objective; the other fields are its hyperparameters."""
+    """docs/design.md §1. ``variant`` picks the objective; the other fields are its hyperparameters."""
 
     variant: LossVariant = "eopd"
     tau: float = Field(0.8, ge=0.0, description="teacher-entropy threshold (nats)")
@@ -241,7 +241,7 @@ class TeacherServiceConfig(Section):
 
 
 class LearnerConfig(Section):
-    """The DeepSpeed learner group on Ray Train."""
+    """The DeepSpeed learner group: one Ray actor per rank in one placement group."""
 
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
@@ -260,7 +260,7 @@ class LearnerConfig(Section):
 
 
 class PipelineConfig(Section):
-    """Asynchrony between samplers and learner (DESIGN.md §2)."""
+    """Asynchrony between samplers and learner (docs/design.md §2)."""
 
     # The learner at version v trains only on rollouts of version >= v - max_staleness;
     # 0 is fully synchronous on-policy distillation.

@@ -5,7 +5,7 @@ sends every finished rollout to the teacher deployment. Ray resolves the chain b
 sampling and teacher scoring go on while the driver is blocked in the learner's step: that
 overlap is what ``max_staleness`` > 0 buys.
 
-Admission control (DESIGN.md §2): at learner version ``v`` at most ``(η + 1) · batch_prompts``
+Admission control (docs/design.md §2): at learner version ``v`` at most ``(η + 1) · batch_prompts``
 prompt groups are admitted (in flight or buffered). The learner consumes ``batch_prompts`` per
 version, so a rollout generated at version ``u`` is consumed by version ``u + η`` at the latest:
 stale data is prevented rather than thrown away. That argument needs chunks to be consumed in

@@ -1,6 +1,6 @@
 """Prompt templating: a math problem -> the chat-templated prompt token ids the sampler consumes.
 
-Templates (DESIGN.md §1), with ``query = problem + "\\n" + suffix`` (just ``problem`` when the
+Templates (docs/design.md §1), with ``query = problem + "\\n" + suffix`` (just ``problem`` when the
 suffix is empty):
 
 - ``qwen3_nothink``:
