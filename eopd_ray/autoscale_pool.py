@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from eopd_ray.actors.pool_slots import Job, Slot
-from eopd_ray.actors.sampler import control
+from eopd_ray.actors.sampler_remote import control
 
 
 class PoolScaling:

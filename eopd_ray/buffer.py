@@ -1,4 +1,4 @@
-"""RolloutBuffer: scored rollouts waiting for the learner, with bounded staleness (docs/design.md §2).
+"""RolloutBuffer: scored rollouts waiting for the learner, bounded staleness (docs/design.md §2).
 
 The learner at policy version ``v`` trains only on rollouts whose every token was produced at a
 version ``>= v - max_staleness``. Admission control in the pipeline keeps samplers from running

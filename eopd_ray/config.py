@@ -39,7 +39,7 @@ _VARIANT_FIELDS = {
 
 
 class LossConfig(Section):
-    """docs/design.md §1. ``variant`` picks the objective; the other fields are its hyperparameters."""
+    """docs/design.md §1. ``variant`` picks the objective, the other fields its hyperparameters."""
 
     variant: LossVariant = "eopd"
     tau: float = Field(0.8, ge=0.0, description="teacher-entropy threshold (nats)")

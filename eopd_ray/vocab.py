@@ -199,6 +199,73 @@ def _assemble(
     return VocabStats(**fields)
 
 
+def _check_sizes(chunk_size: int, top_k: int, vocab_limit: int | None) -> None:
+    """Raises ValueError for ``chunk_size`` < 1, ``top_k`` < 0 or ``vocab_limit`` < 1."""
+    for name, value, low in (("chunk_size", chunk_size, 1), ("top_k", top_k, 0)):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if vocab_limit is not None and vocab_limit < 1:
+        raise ValueError(f"vocab_limit must be >= 1, got {vocab_limit}")
+
+
+_ChunkFn = Callable[[torch.Tensor | None, int, int], VocabStats]  # (chunk or None, start, end)
+
+
+def _chunk_runner(
+    logits_fn: LogitsFn | None,
+    flat_targets: torch.Tensor | None,
+    flat_ids: torch.Tensor | None,
+    flat_valid: torch.Tensor | None,
+    *,
+    top_k: int,
+    entropy: bool,
+    vocab_limit: int | None,
+    dtype: torch.dtype | None,
+) -> _ChunkFn:
+    """The statistics of flat positions ``start:end``, from ``chunk`` [n, V] or ``logits_fn``.
+
+    ``flat_targets`` [N], ``flat_ids`` [N, m], ``flat_valid`` [N]: the inputs over all N flat
+    positions. The ids are range-checked once, by the first call (one host sync)."""
+    checked = False
+
+    def run(chunk: torch.Tensor | None, start: int, end: int) -> VocabStats:
+        nonlocal checked
+        z = chunk if logits_fn is None else logits_fn(start, end)
+        if vocab_limit is not None:
+            z = z[:, :vocab_limit]
+        if not checked:  # before the first gather; a checkpoint's recompute skips it
+            _check_ids(z.shape[-1], top_k, flat_targets, flat_ids)
+            checked = True
+        sl = slice(start, end)
+        return chunk_stats(
+            z,
+            None if flat_targets is None else flat_targets[sl],
+            ids=None if flat_ids is None else flat_ids[sl],
+            top_k=top_k,
+            entropy=entropy,
+            valid=None if flat_valid is None else flat_valid[sl],
+            dtype=dtype,
+        )
+
+    return run
+
+
+def _run_chunks(
+    run: _ChunkFn, chunks: Iterator[tuple[torch.Tensor | None, int, int]], checkpoint: bool
+) -> list[VocabStats]:
+    """``run`` over ``chunks`` (see :func:`_chunks`), each under activation checkpointing if
+    ``checkpoint``."""
+    parts = []
+    for chunk, start, end in chunks:
+        if checkpoint:
+            parts.append(
+                _checkpoint(run, chunk, start, end, use_reentrant=False, preserve_rng_state=False)
+            )
+        else:
+            parts.append(run(chunk, start, end))
+    return parts
+
+
 def vocab_stats(
     logits: torch.Tensor | LogitsFn,
     targets: torch.Tensor | None = None,
@@ -231,11 +298,7 @@ def vocab_stats(
 
     Returns :class:`VocabStats` with fields shaped [*P], [*P, k], [*P, m] (see there).
     """
-    for name, value, low in (("chunk_size", chunk_size, 1), ("top_k", top_k, 0)):
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    if vocab_limit is not None and vocab_limit < 1:
-        raise ValueError(f"vocab_limit must be >= 1, got {vocab_limit}")
+    _check_sizes(chunk_size, top_k, vocab_limit)
     shape = _positions_shape(logits, targets, ids, valid, num_positions)
     n = int(torch.Size(shape).numel())
     flat_targets = None if targets is None else targets.reshape(n).long()
@@ -245,34 +308,15 @@ def vocab_stats(
         checkpoint = torch.is_grad_enabled() and (
             not isinstance(logits, torch.Tensor) or logits.requires_grad
         )
-    logits_fn = None if isinstance(logits, torch.Tensor) else logits
-    checked = False
-
-    def run(chunk: torch.Tensor | None, start: int, end: int) -> VocabStats:
-        nonlocal checked
-        z = chunk if logits_fn is None else logits_fn(start, end)
-        if vocab_limit is not None:
-            z = z[:, :vocab_limit]
-        if not checked:  # before the first gather; a checkpoint's recompute skips it
-            _check_ids(z.shape[-1], top_k, flat_targets, flat_ids)
-            checked = True
-        sl = slice(start, end)
-        return chunk_stats(
-            z,
-            None if flat_targets is None else flat_targets[sl],
-            ids=None if flat_ids is None else flat_ids[sl],
-            top_k=top_k,
-            entropy=entropy,
-            valid=None if flat_valid is None else flat_valid[sl],
-            dtype=dtype,
-        )
-
-    parts = []
-    for chunk, start, end in _chunks(logits, n, chunk_size):
-        if checkpoint:
-            parts.append(
-                _checkpoint(run, chunk, start, end, use_reentrant=False, preserve_rng_state=False)
-            )
-        else:
-            parts.append(run(chunk, start, end))
+    run = _chunk_runner(
+        None if isinstance(logits, torch.Tensor) else logits,
+        flat_targets,
+        flat_ids,
+        flat_valid,
+        top_k=top_k,
+        entropy=entropy,
+        vocab_limit=vocab_limit,
+        dtype=dtype,
+    )
+    parts = _run_chunks(run, _chunks(logits, n, chunk_size), checkpoint)
     return _assemble(parts, shape, top_k, None if ids is None else ids.shape[-1])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eopd_ray.actors.sampler import sampler_actor_options
+from eopd_ray.actors.sampler_remote import sampler_actor_options
 from eopd_ray.actors.teacher_deployment import deployment_options
 from eopd_ray.config import SamplerConfig, TeacherServiceConfig
 from eopd_ray.ray_env import role_placement

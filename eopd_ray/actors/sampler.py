@@ -1,7 +1,8 @@
 """The student sampler's engine: one vLLM engine in a Ray actor that produces versioned rollouts.
 
 ``SamplerActor`` owns one ``vllm.LLM`` over a Hugging Face folder (engine arguments and the
-request / output translation: ``eopd_ray/actors/sampler_engine.py``). ``SamplerPool``
+request / output translation: ``eopd_ray/actors/sampler_engine.py``; starting it as a Ray actor
+and its ``control`` concurrency group: ``eopd_ray/actors/sampler_remote.py``). ``SamplerPool``
 (``eopd_ray/actors/sampler_pool.py``) runs several of them behind one interface, pushes new
 weights to them (``eopd_ray/actors/weight_sync.py``) and adds or removes actors when the pool is
 autoscaled (``eopd_ray/autoscale_pool.py``).
@@ -45,7 +46,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eopd_ray.actors.sampler_engine import (
     engine_inputs,
@@ -54,13 +55,7 @@ from eopd_ray.actors.sampler_engine import (
     request_rollouts,
     stop_tokens,
 )
-from eopd_ray.ray_env import role_placement
 from eopd_ray.rollout import Request, Rollout
-
-if TYPE_CHECKING:
-    from eopd_ray.config import SamplerConfig
-
-CONTROL_GROUP = "control"  # concurrency group of update_weights / version / stats / shutdown
 
 
 class TiedEmbeddingsError(ValueError):
@@ -83,8 +78,9 @@ def _configure_cpu_engine(model_path: str, kv_cache_gib: int, refuse_tied: bool)
 class SamplerActor:
     """One vLLM engine over a Hugging Face folder; use it as a Ray actor (see ``SamplerPool``).
 
-    Start it with :func:`start_sampler_actor` (or ``ray.remote(SamplerActor)`` with a ``control``
-    concurrency group) and call ``ready()`` before anything else to surface start-up errors.
+    Start it with :func:`~eopd_ray.actors.sampler_remote.start_sampler_actor` (or
+    ``ray.remote(SamplerActor)`` with a ``control`` concurrency group) and call ``ready()`` before
+    anything else to surface start-up errors.
     """
 
     def __init__(
@@ -392,44 +388,3 @@ class SamplerActor:
         finally:
             self._generating, self._steps = False, 0
         return ids, finished
-
-
-# ---------------------------------------------------------------------- Ray plumbing
-
-
-def sampler_actor_options(config: SamplerConfig) -> dict[str, Any]:
-    """Ray actor options of one sampler: resources, no automatic restart, a control group."""
-    return {
-        **role_placement(config.num_cpus, config.num_gpus, config.resources, config.label_selector),
-        "max_restarts": 0,
-        "max_concurrency": 1,  # generate calls run one at a time (the control group aside)
-    }
-
-
-def start_sampler_actor(
-    model_path: str,
-    options: Mapping[str, Any] | None = None,
-    **kwargs: Any,
-) -> Any:
-    """Start a ``SamplerActor`` with ``options``; returns the handle without waiting."""
-    opts: dict[str, Any] = {"max_restarts": 0}
-    opts.update(options or {})
-    return remote_sampler_class().options(**opts).remote(model_path, **kwargs)
-
-
-_REMOTE_CLASS: Any = None
-
-
-def remote_sampler_class() -> Any:
-    """``ray.remote(SamplerActor)`` with its ``control`` concurrency group (built once)."""
-    global _REMOTE_CLASS
-    if _REMOTE_CLASS is None:
-        import ray
-
-        _REMOTE_CLASS = ray.remote(concurrency_groups={CONTROL_GROUP: 2})(SamplerActor)
-    return _REMOTE_CLASS
-
-
-def control(actor: Any, method: str) -> Any:
-    """``actor.<method>`` routed to the control concurrency group."""
-    return getattr(actor, method).options(concurrency_group=CONTROL_GROUP)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eopd_ray.actors.pool_slots import Job, Slot
-from eopd_ray.actors.sampler import control, sampler_actor_options, start_sampler_actor
+from eopd_ray.actors.sampler_remote import control, sampler_actor_options, start_sampler_actor
 from eopd_ray.actors.weight_sync import WeightPublisher
 from eopd_ray.autoscale_pool import PoolScaling
 from eopd_ray.rollout import Request, Rollout

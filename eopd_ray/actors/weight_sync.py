@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eopd_ray.actors.sampler import control
+from eopd_ray.actors.sampler_remote import control
 
 if TYPE_CHECKING:
     from eopd_ray.actors.pool_slots import Slot

@@ -11,7 +11,8 @@ join one ``torch.distributed`` group and makes the calls, with a deadline (``com
 and errors raised where they happen (:class:`LearnerGroupError`); :mod:`eopd_ray.learners.worker`
 is one rank (an iteration of Algorithm 1, weights, checkpoints) and :mod:`eopd_ray.learners.engine`
 its DeepSpeed engine. This module is the driver's facade: batch sharding (``batch.py``), the
-training options, the aggregation of the ranks' metrics, versions, and recovery.
+training options, the aggregation of the ranks' metrics (``train_metrics.py``), versions, and
+recovery.
 
 Failures. A failed group (a worker raised, died or timed out; all its workers are then killed)
 refuses further calls; :meth:`LearnerGroup.restart` builds a fresh one (new placement group, new
@@ -49,6 +50,7 @@ from eopd_ray.config import (
     RunConfig,
 )
 from eopd_ray.learners.batch import count_tokens, micro_batches, shard_by_tokens, split_mini_batches
+from eopd_ray.learners.train_metrics import aggregate_train_replies
 from eopd_ray.learners.worker import DS_SUBDIR
 from eopd_ray.learners.worker_group import LearnerGroupError, WorkerGroup
 from eopd_ray.rollout import ScoredRollout
@@ -71,47 +73,6 @@ def loss_variant_args(loss: LossConfig) -> dict[str, Any]:
         },
         "kd": {"kd_ce_weight": loss.kd_ce_weight},
     }.get(loss.variant, {})
-
-
-def _aggregate(replies: list[dict[str, Any]]) -> dict[str, float]:
-    """Token-weighted means of the per-micro-batch metrics of all ranks, and the step metrics."""
-    records = [r for rep in replies for r in rep["records"]]
-    out: dict[str, float] = {}
-    total = sum(r["num_tokens"] for r in records)
-    keys = sorted({k for r in records for k in r} - {"num_tokens", "mini_batch"})
-    for key in keys:
-        rows = [r for r in records if key in r]
-        if key == "ratio_min":
-            out[key] = min(r[key] for r in rows)
-        elif key == "ratio_max":
-            out[key] = max(r[key] for r in rows)
-        elif key == "fkl_high_entropy":  # a mean over high-entropy tokens only
-            w = [r["num_tokens"] * r.get("high_entropy_frac", 0.0) for r in rows]
-            out[key] = sum(wi * r[key] for wi, r in zip(w, rows, strict=True)) / max(sum(w), 1e-12)
-        else:
-            out[key] = sum(r["num_tokens"] * r[key] for r in rows) / max(total, 1)
-    out["num_tokens"] = float(total)
-    steps = replies[0]["steps"]  # the same on every rank (reduced gradients, reduced skip flag)
-    out["optimizer_steps"] = float(len(steps))
-    out["skipped_steps"] = float(sum(s["skipped"] for s in steps))
-    out["lr"] = steps[-1]["lr"]
-    out["lr_first"] = steps[0]["lr"]
-    norms = [s["grad_norm"] for s in steps]
-    out["grad_norm"] = sum(norms) / len(norms)
-    out["grad_norm_max"] = max(norms)
-    m_sum = sum(rep["mismatch"][0] for rep in replies)
-    m_n = sum(rep["mismatch"][2] for rep in replies)
-    out["logprob_mismatch_tokens"] = float(m_n)
-    if m_n:
-        out["logprob_mismatch_mean"] = m_sum / m_n
-        out["logprob_mismatch_max"] = max(rep["mismatch"][1] for rep in replies)
-    s_n = sum(rep["staleness"][2] for rep in replies)
-    if s_n:
-        out["staleness_mean"] = sum(rep["staleness"][0] for rep in replies) / s_n
-        out["staleness_max"] = max(rep["staleness"][1] for rep in replies)
-    out["worker_time_s"] = max(rep["time_s"] for rep in replies)
-    out["proximal_time_s"] = max(rep["proximal_time_s"] for rep in replies)
-    return out
 
 
 class LearnerGroup:
@@ -263,7 +224,7 @@ class LearnerGroup:
         per_rank = self._shard(batch, mini_batches)
         args = [(ray.put(shard), options) for shard in per_rank]
         replies = self._group.call("train", args, timeout_s=self.command_timeout_s, what="train")
-        metrics = _aggregate(replies)
+        metrics = aggregate_train_replies(replies)
         for step in replies[0]["steps"]:
             self._consecutive_skipped = self._consecutive_skipped + 1 if step["skipped"] else 0
         metrics["num_sequences"] = float(len(batch))
