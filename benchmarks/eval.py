@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eopd_ray.config_io import validate
+from eopd_ray.config import validate
 from eopd_ray.eval.benchmarks import EvalProblem, load_benchmark
 from eopd_ray.eval.config import BenchmarkSpec, EvalConfig
 from eopd_ray.eval.evaluator import EvalPool

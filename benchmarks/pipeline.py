@@ -16,7 +16,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from eopd_ray.config_io import load_config
+from eopd_ray.config import load_config
 from eopd_ray.metrics import read_metrics
 from eopd_ray.models.pretrain import prepare_tiny_models
 from eopd_ray.train import train

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from eopd_ray.train import Roles
+    from eopd_ray.running import Roles
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"

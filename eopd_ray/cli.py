@@ -22,7 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from eopd_ray.config_io import ConfigError, dump_config, load_config
+from eopd_ray.config import load_config
+from eopd_ray.config_io import ConfigError, dump_config
 
 
 class UsageError(ValueError):
@@ -41,7 +42,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def _cmd_toy(args: argparse.Namespace) -> int:
     # Imported here so `eopd-ray config` does not pay for numpy/matplotlib start-up.
-    from eopd_ray.config_io import validate
+    from eopd_ray.config import validate
     from eopd_ray.toy import ToyConfig, format_summary, run_toy
 
     fields = {

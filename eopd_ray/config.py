@@ -1,6 +1,6 @@
 """Typed run configuration of ``eopd-ray train``: one pydantic section per part of the system.
 
-Loaded with ``eopd_ray.config_io.load_config(path, overrides, RunConfig, base_dir=Path.cwd())``:
+Loaded with :func:`load_config` (``eopd_ray/config_io.py`` does the work, for every config):
 YAML plus dotted ``key=value`` overrides, unknown keys and out-of-range values refused with one
 line, relative paths made absolute (see ``config_io.py``). Cross-field rules (a setting that makes
 another wrong) are model validators here, so they too fail at load, not minutes into a run.
@@ -8,11 +8,19 @@ another wrong) are model validators here, so they too fail at load, not minutes 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, model_validator
 
-from eopd_ray.config_io import LocalPath, ModelPath, Section, _resolve_local
+from eopd_ray.config_io import (
+    LocalPath,
+    ModelPath,
+    Section,
+    _resolve_local,
+    load_yaml,
+    validate_data,
+)
 
 LossVariant = Literal[
     "opd", "eopd", "full_fkl", "random_fkl", "entropy_bonus", "advantage_shaping", "kd", "grpo"
@@ -317,3 +325,24 @@ class RunConfig(Section):
                 "shorten the prompts / responses"
             )
         return self
+
+
+def load_config(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    model: type[BaseModel] = RunConfig,
+    base_dir: Path | None = None,
+) -> Any:
+    """A YAML preset plus ``key=value`` overrides as a validated ``model`` (default: a training
+    run); ``base_dir``: resolve relative paths against it (the CLI passes the working directory)."""
+    return load_yaml(path, overrides, model, base_dir)
+
+
+def validate(
+    data: dict[str, Any],
+    source: str,
+    model: type[BaseModel] = RunConfig,
+    base_dir: Path | None = None,
+) -> Any:
+    """``data`` as a validated ``model``; ConfigError naming ``source`` and every bad key."""
+    return validate_data(data, source, model, base_dir)

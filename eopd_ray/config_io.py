@@ -10,7 +10,7 @@ and the dotted key, e.g.::
 Overrides use dotted paths and YAML scalars: ``loss.tau=1.0 optim.lr=3e-6 loss.variant=opd``.
 
 Paths are resolved once, at load, against the directory the command was started in
-(``load_config(..., base_dir=Path.cwd())``): every role (a learner worker runs in a directory of
+(``base_dir=Path.cwd()``): every role (a learner worker runs in a directory of
 its own) then reads and writes the same folders. A model path that does not exist locally stays a
 Hugging Face hub id only if it has the hub's ``owner/name`` form; anything else is a local path,
 checked before Ray starts (``eopd_ray/preflight.py``), so a typo never goes to the hub.
@@ -124,20 +124,12 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{key}: {message}"
 
 
-def validate(
-    data: dict[str, Any],
-    source: str,
-    model: type[BaseModel] | None = None,
-    base_dir: Path | None = None,
+def validate_data(
+    data: dict[str, Any], source: str, model: type[BaseModel], base_dir: Path | None = None
 ) -> Any:
-    """Build ``model`` (default: the training run's ``RunConfig``) from ``data``; raise
-    ConfigError naming ``source`` and every bad key.
+    """Build ``model`` from ``data``; raise ConfigError naming ``source`` and every bad key.
 
     With ``base_dir``, relative paths become absolute against it (see the module docstring)."""
-    if model is None:
-        from eopd_ray.config import RunConfig  # config.py builds on this module
-
-        model = RunConfig
     context = None if base_dir is None else {"base_dir": Path(base_dir).resolve()}
     try:
         return model.model_validate(data, context=context)
@@ -146,14 +138,13 @@ def validate(
         raise ConfigError(f"{source}: {problems}") from None
 
 
-def load_config(
+def load_yaml(
     path: str | Path,
-    overrides: list[str] | None = None,
-    model: type[BaseModel] | None = None,
+    overrides: list[str] | None,
+    model: type[BaseModel],
     base_dir: Path | None = None,
 ) -> Any:
-    """Load a YAML preset, apply ``key=value`` overrides, and validate the result as ``model``
-    (default: ``RunConfig``).
+    """Load a YAML preset, apply ``key=value`` overrides, and validate the result as ``model``.
 
     ``base_dir``: resolve relative paths against it (the CLI passes the working directory)."""
     path = Path(path)
@@ -169,7 +160,7 @@ def load_config(
     if overrides:
         data = _merge(data, parse_overrides(overrides))
         source += " with overrides " + " ".join(overrides)
-    return validate(data, source, model, base_dir)
+    return validate_data(data, source, model, base_dir)
 
 
 def dump_config(config: BaseModel) -> str:

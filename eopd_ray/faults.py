@@ -25,7 +25,7 @@ from eopd_ray.config import RunConfig
 from eopd_ray.errors import describe_failure
 
 if TYPE_CHECKING:
-    from eopd_ray.train import Roles
+    from eopd_ray.running import Roles
 
 
 class NonFiniteTrainingError(RuntimeError):

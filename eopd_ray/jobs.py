@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eopd_ray.config import RunConfig
-from eopd_ray.config_io import ConfigError, load_config
+from eopd_ray.config import RunConfig, load_config
+from eopd_ray.config_io import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Never uploaded: environments, run outputs, VCS and caches (the working_dir limit is 500 MiB).

@@ -107,4 +107,13 @@ class LearnerRole(Protocol):
         """Restore a ``save_checkpoint`` folder; the restored version."""
         ...
 
+    @property
+    def consecutive_skipped(self) -> int:
+        """Optimizer steps skipped in a row for a non-finite loss or gradient norm."""
+        ...
+
+    def restart(self, checkpoint: str | os.PathLike[str] | None = None) -> int:
+        """A fresh group (after a worker died), from ``checkpoint`` if given; its version."""
+        ...
+
     def shutdown(self) -> None: ...

@@ -14,15 +14,14 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eopd_ray.checkpoint import resume, save_checkpoint
 from eopd_ray.config import RunConfig
 from eopd_ray.config_io import dump_config
 from eopd_ray.data.prompts import PromptStream, load_prompts
-from eopd_ray.eval.scoring import Verifier
 from eopd_ray.faults import check_finite, recover_learner
 from eopd_ray.learners.worker_group import LearnerGroupError
 from eopd_ray.metrics import MetricsLogger
@@ -30,29 +29,7 @@ from eopd_ray.pipeline import RolloutPipeline
 from eopd_ray.preflight import check_run_config
 from eopd_ray.ray_env import init_ray
 from eopd_ray.rollout import Request, ScoredRollout
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
-    from eopd_ray.autoscale import SamplerScaler
-    from eopd_ray.roles import LearnerRole, SamplerRole, TeacherRole
-
-
-@dataclass
-class Roles:
-    """The running parts of a job (all Ray actors / deployments; see ``eopd_ray/roles.py``)."""
-
-    samplers: SamplerRole  # SamplerPool
-    teacher: TeacherRole  # TeacherService
-    learner: LearnerRole  # LearnerGroup
-    pipeline: RolloutPipeline
-    stream: PromptStream
-    tokenizer: PreTrainedTokenizerBase
-    skipped: Counter[str] = field(default_factory=Counter)
-    scaler: SamplerScaler | None = None  # when sampler.min_actors < sampler.max_actors
-    # Rollout grading in a killable child process (eval/scoring.py): one pathological answer
-    # costs seconds and counts as wrong, it cannot hang the driver.
-    verifier: Verifier = field(default_factory=lambda: Verifier(timeout_s=5.0))
+from eopd_ray.running import Roles
 
 
 def train(config: RunConfig, address: str | None = None, progress: bool = True) -> dict[str, Any]:

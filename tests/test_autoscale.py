@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from eopd_ray.autoscale import ScalingPolicy, Signals, actor_bundle
-from eopd_ray.config import SamplerAutoscaleConfig, SamplerConfig
-from eopd_ray.config_io import ConfigError, validate
+from eopd_ray.config import SamplerAutoscaleConfig, SamplerConfig, validate
+from eopd_ray.config_io import ConfigError
 
 STARVED = Signals(iteration_s=10.0, wait_s=6.0, sampler_busy_s=10.0, actors=1)
 FULL = Signals(iteration_s=10.0, wait_s=0.1, sampler_busy_s=4.0, actors=2)  # busy 0.2

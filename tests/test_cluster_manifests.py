@@ -23,8 +23,7 @@ import pytest
 import ray
 import yaml
 
-from eopd_ray.config import RunConfig
-from eopd_ray.config_io import load_config
+from eopd_ray.config import RunConfig, load_config
 from eopd_ray.eval.config import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]

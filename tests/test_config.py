@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from eopd_ray.config import RunConfig
-from eopd_ray.config_io import ConfigError, dump_config, load_config, parse_overrides
+from eopd_ray.config import RunConfig, load_config
+from eopd_ray.config_io import ConfigError, dump_config, parse_overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MINIMAL = "student: {path: s}\nteacher: {path: t}\n"

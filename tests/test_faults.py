@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from eopd_ray.config_io import load_config
+from eopd_ray.config import load_config
 from eopd_ray.faults import NonFiniteTrainingError, check_finite
 
 REPO = Path(__file__).resolve().parents[1]

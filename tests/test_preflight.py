@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eopd_ray.config_io import ConfigError, load_config
+from eopd_ray.config import load_config
+from eopd_ray.config_io import ConfigError
 from eopd_ray.preflight import check_model_path, check_output_dir, check_run_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from eopd_ray import toy
-from eopd_ray.config_io import ConfigError, validate
+from eopd_ray.config import validate
+from eopd_ray.config_io import ConfigError
 from eopd_ray.toy import (
     OBJECTIVES,
     SCENARIOS,

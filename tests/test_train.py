@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eopd_ray.config import RunConfig
-from eopd_ray.config_io import load_config
+from eopd_ray.config import RunConfig, load_config
 from eopd_ray.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

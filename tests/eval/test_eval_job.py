@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from eopd_ray.config_io import validate
+from eopd_ray.config import validate
 from eopd_ray.eval.config import EvalConfig
 from eopd_ray.eval.job import run_eval
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from eopd_ray.cli import main
-from eopd_ray.config_io import ConfigError, load_config
+from eopd_ray.config import load_config
+from eopd_ray.config_io import ConfigError
 from eopd_ray.eval.config import EvalConfig
 from eopd_ray.eval.metrics import summarize
 from eopd_ray.eval.report import markdown_table, write_report
