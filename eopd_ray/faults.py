@@ -63,6 +63,9 @@ def recover_learner(
         verify_manifest(folder)
     version = roles.learner.restart(folder)
     roles.pipeline.reset()  # in flight / buffered: newer than the restored policy
+    # Data counters go back with the data; faults happened and stay counted.
+    faults = {k: roles.pipeline.counters[k] for k in ("sampler_restarts", "teacher_retries")}
     iteration = restore_data(roles, folder)
-    roles.pipeline.counters["learner_restarts"] = restarts
+    for key, count in {**faults, "learner_restarts": restarts}.items():
+        roles.pipeline.counters[key] = count
     return iteration, version

@@ -142,8 +142,8 @@ class WorkerGroup:
             i = index[done[0]]
             try:
                 replies[i] = self._get(done[0], ranks[i], what)
-            except LearnerGroupError:
-                raise
+            except (LearnerGroupError, KeyboardInterrupt, SystemExit):
+                raise  # Ctrl-C must stop the run, not look like a dead worker to recover from
             except BaseException as exc:  # whatever went wrong, the ranks are out of step
                 raise self._fail(LearnerGroupError(f"learner {what} failed: {exc!r}")) from exc
         return replies
