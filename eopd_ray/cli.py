@@ -203,7 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run_commands, _add_model_commands, _add_cluster_commands):
+        add(sub)
+    return parser
 
+
+def _add_run_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """train, eval, toy, config."""
     run = sub.add_parser("train", help="run (or resume) a distillation job")
     run.add_argument("config", help="YAML preset, e.g. configs/tiny.yaml")
     run.add_argument("overrides", nargs="*", metavar="key=value")
@@ -232,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("overrides", nargs="*", metavar="key=value")
     cfg.set_defaults(func=_cmd_config)
 
+
+def _add_model_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """tiny-models, models."""
     tiny = sub.add_parser(
         "tiny-models",
         help="pre-train the offline tiny teacher and prune it into the student (cached)",
@@ -253,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--no-progress", action="store_true", help="no progress bars")
     models.set_defaults(func=_cmd_models)
 
+
+def _add_cluster_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """submit, jobs."""
     sub_job = sub.add_parser("submit", help="submit a train or eval job to a Ray cluster")
     sub_job.add_argument("kind", choices=["train", "eval"])
     sub_job.add_argument("config", help="YAML preset inside this checkout")
@@ -275,7 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_cmd.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
     _add_cluster_args(jobs_cmd)
     jobs_cmd.set_defaults(func=_cmd_jobs)
-    return parser
 
 
 def _jobs_error() -> type[Exception]:
