@@ -109,12 +109,12 @@ def save_checkpoint(roles: Roles, out: Path, iteration: int) -> Path:
 def resume(roles: Roles, out: Path) -> tuple[int, int]:
     """(start iteration, policy version): from the newest complete checkpoint, if any; its files
     are checked against the manifest written at save before anything is loaded."""
-    steps = complete_checkpoints(out)  # a Ctrl-C mid-save leaves step_N.partial
-    if not steps:
+    folder = newest_checkpoint(out)
+    if folder is None:
         return 0, roles.learner.version
-    verify_manifest(steps[-1])
-    version = roles.learner.load_checkpoint(steps[-1])
-    return restore_data(roles, steps[-1]), version
+    verify_manifest(folder)
+    version = roles.learner.load_checkpoint(folder)
+    return restore_data(roles, folder), version
 
 
 def restore_data(roles: Roles, folder: Path | None) -> int:
@@ -137,3 +137,9 @@ def complete_checkpoints(out: Path) -> list[Path]:
         if p.name[5:].isdigit() and (p / STATE).is_file()
     )
     return sorted(steps, key=lambda p: int(p.name[5:]))
+
+
+def newest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint (a Ctrl-C mid-save leaves ``step_N.partial``), or None."""
+    steps = complete_checkpoints(out)
+    return steps[-1] if steps else None

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eopd_ray.checkpoint import complete_checkpoints, restore_data, verify_manifest
+from eopd_ray.checkpoint import newest_checkpoint, restore_data, verify_manifest
 from eopd_ray.config import RunConfig
 from eopd_ray.errors import describe_failure
 
@@ -38,8 +38,8 @@ def check_finite(config: RunConfig, roles: Roles, out: Path, iteration: int) -> 
     skipped = roles.learner.consecutive_skipped
     if skipped < config.optim.max_nonfinite_steps:
         return
-    steps = complete_checkpoints(out)
-    kept = f"the last finite checkpoint is {steps[-1]}" if steps else "no checkpoint was written"
+    newest = newest_checkpoint(out)
+    kept = f"the last finite checkpoint is {newest}" if newest else "no checkpoint was written"
     raise NonFiniteTrainingError(
         f"{skipped} optimizer steps in a row had a non-finite loss or gradient norm (skipped, "
         f"weights unchanged) at iteration {iteration}; stopped: {kept} (lower optim.lr?)"
@@ -55,8 +55,7 @@ def recover_learner(
     restarts = roles.pipeline.counters["learner_restarts"] + 1
     if restarts > config.learner.max_restarts:
         raise failure
-    steps = complete_checkpoints(out)
-    folder = steps[-1] if steps else None
+    folder = newest_checkpoint(out)
     where = folder.name if folder else "student.path"
     print(f"eopd-ray: warning: {describe_failure(failure)}; restarting the learner from {where}")
     if folder is not None:

@@ -55,6 +55,7 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
                 check_finite(config, roles, out, it)  # skipped steps in a row: stop
                 version = roles.learner.version
                 sync = roles.samplers.push_weights(roles.learner.state_dict(), version)  # sync
+                roles.pipeline.counters["sampler_restarts"] += sync["actors"].count(None)
             except LearnerGroupError as failure:  # a worker died: back to the newest checkpoint
                 it, version = recover_learner(config, roles, out, failure)
                 log.rewind(it)

@@ -46,7 +46,8 @@ class WeightPublisher:
 
         ``weights``: a state dict (put in the object store once, or written to
         ``sync_dir/v{version}`` when ``config.weight_sync == "disk"``), an ``ObjectRef`` of one,
-        or a safetensors folder path. Returns the wall time and each actor's timings."""
+        or a safetensors folder path. Returns the wall time and each actor's timings (None for
+        an actor found dead and replaced: the train loop counts it as a sampler restart)."""
         import ray
 
         started = time.perf_counter()
