@@ -137,6 +137,9 @@ class DataConfig(Section):
     # Operand sizes of the synthetic task (``synthetic_math.DIFFICULTIES``); match the pre-training.
     synthetic_difficulty: Literal["standard", "easy", "small"] = "standard"
     epochs: int = Field(1, ge=1)
+    # loss.variant kd: the teacher's responses to the training prompts (``eopd-ray generate``
+    # writes them); None: ``output_dir/teacher_responses.jsonl``, generated on the first run.
+    teacher_responses: LocalPath | None = None
     prompt_suffix: str = "Please reason step by step, and put your final answer within \\boxed{}."
 
     @model_validator(mode="after")
@@ -272,6 +275,8 @@ class LearnerConfig(Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
     micro_batch_sequences: int = Field(8, ge=1, description="sequences per forward/backward")
     gradient_checkpointing: bool = False
+    # torch intra-op threads per worker; None: the worker's CPUs (num_cpus_per_worker, >= 1).
+    num_threads: int | None = Field(None, ge=1)
     # A learner worker that dies (OOM, node loss) is replaced: the group restarts from the newest
     # checkpoint and the run redoes the iterations since; this many times per run at most.
     max_restarts: int = Field(2, ge=0)
@@ -290,6 +295,17 @@ class PipelineConfig(Section):
     behaviour_weight_cap: float | None = Field(None, gt=0.0)
     iterations: int | None = Field(None, ge=1, description="default: epochs over the data")
     checkpoint_every: int = Field(10, ge=1)
+    # Complete checkpoints kept (the newest ones; the final one always); None: all of them.
+    keep_checkpoints: int | None = Field(None, ge=1)
+
+
+class RewardConfig(Section):
+    """loss.variant grpo: math-verify's verdict on the last ``\\boxed{}`` against the gold answer
+    (1 right, 0 otherwise), in a pool of reward actors, each grading in a killable child process."""
+
+    num_workers: int = Field(1, ge=1)
+    num_cpus: float = Field(0.5, gt=0.0)
+    timeout_s: float = Field(5.0, gt=0.0, description="hard bound per answer; over it: 0")
 
 
 class RunConfig(Section):
@@ -299,7 +315,7 @@ class RunConfig(Section):
     seed: int = 0
     output_dir: LocalPath = Field("runs/eopd", validate_default=True)
     student: ModelConfig
-    teacher: ModelConfig
+    teacher: ModelConfig | None = None  # every variant but grpo needs one
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -309,6 +325,12 @@ class RunConfig(Section):
     teacher_service: TeacherServiceConfig = TeacherServiceConfig()
     learner: LearnerConfig = LearnerConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    reward: RewardConfig = RewardConfig()
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the run starts the teacher (GRPO learns from rewards alone)."""
+        return self.loss.variant != "grpo"
 
     @model_validator(mode="after")
     def _settings_agree(self) -> RunConfig:
@@ -316,6 +338,20 @@ class RunConfig(Section):
             raise ValueError(
                 "loss.variant grpo needs rollout.samples_per_prompt >= 2 (group-relative "
                 f"advantages over one sample are 0), got {self.rollout.samples_per_prompt}"
+            )
+        if self.uses_teacher and self.teacher is None:
+            raise ValueError(f"loss.variant {self.loss.variant} needs a teacher: set teacher.path")
+        if self.loss.variant != "kd" and self.data.teacher_responses is not None:
+            raise ValueError(
+                f"data.teacher_responses is read by loss.variant kd only, not {self.loss.variant}"
+            )
+        if self.loss.variant != "kd" and (self.rollout.temperature != 1 or self.rollout.top_p < 1):
+            # vLLM reports log-probs of the unmodified distribution, so the importance ratio
+            # would compare pi_theta with a distribution the sampler did not sample from
+            raise ValueError(
+                "rollout.temperature must be 1 and rollout.top_p 1 for on-policy variants (the "
+                "importance ratio uses the sampler's log-probs of the unmodified distribution), "
+                f"got temperature {self.rollout.temperature}, top_p {self.rollout.top_p}"
             )
         cap = self.pipeline.behaviour_weight_cap
         if cap is not None and self.pipeline.importance != "decoupled":

@@ -45,7 +45,8 @@ def check_output_dir(path: str, key: str = "output_dir") -> Path:
 def check_run_config(config: RunConfig) -> None:
     """Everything about a training run that can be checked without Ray."""
     check_model_path("student.path", config.student.path)
-    check_model_path("teacher.path", config.teacher.path)
+    if config.teacher is not None and config.uses_teacher:
+        check_model_path("teacher.path", config.teacher.path)
     if config.data.train not in BUILTIN_DATA and not Path(config.data.train).is_file():
         raise ConfigError(f"data.train: {config.data.train} does not exist")
     check_output_dir(config.output_dir)

@@ -71,7 +71,7 @@ def test_parse_overrides_tree() -> None:
         (MINIMAL + "lr: 1\n", [], "lr: unknown key"),
         (MINIMAL, ["loss.variant=ppo"], "loss.variant: Input should be 'opd', 'eopd'"),
         (MINIMAL, ["rollout.batch_prompts=abc"], "rollout.batch_prompts: Input should be a valid"),
-        ("student: {path: s}\n", [], "teacher: required key is missing"),
+        ("student: {path: s}\n", [], "loss.variant eopd needs a teacher: set teacher.path"),
         (MINIMAL, ["rollout.batch_prompts=10", "rollout.mini_batch_prompts=4"], "must divide"),
     ],
 )
