@@ -90,7 +90,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides, model=EvalConfig, base_dir=Path.cwd())
     run_eval(config, address=args.address)
     print(Path(config.output_dir, "results.md").read_text(), end="")
-    print(f"wrote {_shown(config.output_dir)}/results.json, results.md, pass_at_k.png, entropy.png")
+    figures = "pass_at_k.png, entropy.png" + (", teacher_entropy.png" if config.teacher else "")
+    print(f"wrote {_shown(config.output_dir)}/results.json, results.md, {figures}")
     return 0
 
 

@@ -103,7 +103,7 @@ def test_submit_train_then_eval_succeed(
 
     evaluation = eopd(
         "submit", "eval", "configs/eval-tiny.yaml",
-        f"checkpoints=[{{name: step3, path: {checkpoint}}}]",
+        f"checkpoints=[{{name: step3, path: {checkpoint}}}]", f"teacher.path={teacher}",
         "benchmarks=[{name: gsm8k, source: gsm8k, limit: 2}]",
         "sampling.samples=2", "sampling.max_tokens=16", "entropy.samples_per_problem=0",
         f"output_dir={tmp_path / 'eval'}",

@@ -8,7 +8,9 @@ For every response token the teacher returns (docs/design.md §1-2; ``rollout.Te
   log-probs (not renormalised; the learner renormalises over the top-k set for the forward KL).
 
 :class:`TeacherModel` runs ONE prefill of prompt + response through the model body and scores
-only the response positions (:meth:`TeacherModel.score_batch`: a right-padded batch); the
+only the response positions (:meth:`TeacherModel.score_batch`: a right-padded batch;
+:meth:`TeacherModel.score_ids_batch`: log-probs at given ids, e.g. a checkpoint scored at its
+teacher's top-k ids by the evaluation, ``eopd_ray/eval/reference.py``); the
 statistics come from ``eopd_ray/vocab.py``, which applies the output layer chunk by chunk, so
 neither the [T, V] logits nor a [T, V] float32 tensor exist at once. :func:`check_shared_vocabulary`
 is the start-up check that teacher and student share a vocabulary. The Serve deployment around the
@@ -37,12 +39,12 @@ import numpy as np
 import torch
 
 from eopd_ray.rollout import TeacherScores
-from eopd_ray.vocab import output_layer_fn, vocab_stats
+from eopd_ray.vocab import VocabStats, output_layer_fn, vocab_stats
 
 if TYPE_CHECKING:
     from eopd_ray.config import ModelConfig
 
-__all__ = ["TeacherModel", "VocabInfo", "check_shared_vocabulary"]
+__all__ = ["ScoresAtIds", "TeacherModel", "VocabInfo", "check_shared_vocabulary"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -182,6 +184,49 @@ class TeacherModel:
         """
         if not requests:
             return []
+        stats, counts = self._response_stats(requests, top_k=self.top_k)
+        fields = (stats.logprobs, stats.entropy, stats.topk_ids, stats.topk_logprobs)
+        per_request = zip(*(torch.split(t, counts) for t in fields), strict=True)
+        return [_to_scores(parts) for parts in per_request]
+
+    @torch.inference_mode()
+    def score_ids_batch(
+        self,
+        requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+        ids: Sequence[np.ndarray],
+    ) -> list[ScoresAtIds]:
+        """Like :meth:`score_batch`, but with log-probs at given ids instead of a top-k: for
+        request i, ``ids[i]`` [len(response_i), m] (e.g. another model's top-k ids) -> its
+        ``ids_logprobs`` [len(response_i), m], beside the sampled tokens' log-probs and the
+        entropy. The evaluation scores a checkpoint at its teacher's top-k ids this way."""
+        if len(ids) != len(requests):
+            raise ValueError(f"{len(ids)} id arrays for {len(requests)} requests")
+        if not requests:
+            return []
+        widths = {np.shape(block)[-1] for block in ids}
+        for (_, response), block in zip(requests, ids, strict=True):
+            if np.ndim(block) != 2 or np.shape(block)[0] != len(response) or len(widths) != 1:
+                raise ValueError(
+                    f"ids must be [len(response), m] with one m, got {np.shape(block)} for "
+                    f"{len(response)} response tokens"
+                )
+        flat_ids = torch.as_tensor(np.concatenate([np.asarray(b, np.int64) for b in ids]))
+        stats, counts = self._response_stats(requests, top_k=0, ids=flat_ids.to(self.device))
+        fields = (stats.logprobs, stats.entropy, stats.ids_logprobs)
+        return [
+            ScoresAtIds(*(t.cpu().numpy().astype(np.float32) for t in parts))
+            for parts in zip(*(torch.split(t, counts) for t in fields), strict=True)
+        ]
+
+    def _response_stats(
+        self,
+        requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+        *,
+        top_k: int,
+        ids: torch.Tensor | None = None,
+    ) -> tuple[VocabStats, list[int]]:
+        """One right-padded prefill of the (non-empty) ``requests``: the vocab statistics of all
+        response tokens, flat [N] / [N, k] / [N, m] (``ids`` [N, m]), and the tokens per request."""
         for prompt, response in requests:
             self.validate(prompt, response)
         sequences = [list(prompt) + list(response) for prompt, response in requests]
@@ -215,14 +260,22 @@ class TeacherModel:
             output_layer_fn(response_hidden, self._head, self.softcap),
             targets,
             chunk_size=self.chunk_size,
-            top_k=self.top_k,
+            ids=ids,
+            top_k=top_k,
             entropy=True,
             vocab_limit=self.vocab_limit,
             dtype=torch.float32,
         )
-        fields = (stats.logprobs, stats.entropy, stats.topk_ids, stats.topk_logprobs)
-        per_request = zip(*(torch.split(t, counts) for t in fields), strict=True)
-        return [_to_scores(parts) for parts in per_request]
+        return stats, counts
+
+
+@dataclass(frozen=True)
+class ScoresAtIds:
+    """A model's view of one response at given ids, per response token (``score_ids_batch``)."""
+
+    logprobs: np.ndarray  # [T] float32, log-prob of the sampled token
+    entropy: np.ndarray  # [T] float32, entropy of the full distribution (nats)
+    ids_logprobs: np.ndarray  # [T, m] float32, full-distribution log-probs at the given ids
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Training prompts: load rows from JSONL (or the synthetic task), skip bad ones, stream epochs.
 
+``load_prompts(config.data, seed)`` gives the rows, ``PromptStream(rows, epochs, seed)`` hands them
+out batch by batch (``take``), reshuffled per epoch and resumable from a saved ``position``.
+
 A row that is not UTF-8 or not valid JSON, has no prompt field, a prompt that is not a string or
 is empty, is skipped and counted by reason with its first line numbers (printed at start-up and in
 ``summary.json``), never silently trained on; a UTF-8 byte-order mark is ignored.
@@ -54,12 +57,14 @@ class PromptSet:
 
 
 def load_prompts(data: DataConfig, seed: int) -> PromptSet:
-    """Rows of ``data.train``: ``synthetic``, ``math`` (MATH outside MATH-500, ``data.levels``), or
-    JSONL with ``prompt_field`` / ``answer_field``."""
+    """Rows of ``data.train``: ``synthetic`` (the task's problems outside its held-out set),
+    ``math`` (MATH outside MATH-500, ``data.levels``), or JSONL with ``prompt_field`` /
+    ``answer_field``."""
     if data.train == "synthetic":
-        from eopd_ray.data.synthetic_math.problems import generate_problems
+        from eopd_ray.data.synthetic_math.held_out import training_problems
 
-        problems = generate_problems(
+        # Never the held-out problems the synthetic benchmark grades (any seed).
+        problems = training_problems(
             data.synthetic_problems, seed=seed, difficulty=data.synthetic_difficulty
         )
         return PromptSet([PromptRow(i, p.problem, p.answer) for i, p in enumerate(problems)])
@@ -123,7 +128,10 @@ def _parse_row(
 
 
 class PromptStream:
-    """Endless-by-epochs iterator over prompt rows, reshuffled each epoch; resumable by position."""
+    """Endless-by-epochs iterator over prompt rows, reshuffled each epoch; resumable by position.
+
+    An epoch's order depends on (seed, epoch) only; the current epoch's is cached (one shuffle
+    per epoch, not one per prompt)."""
 
     def __init__(self, rows: list[PromptRow], epochs: int, seed: int) -> None:
         if not rows:
@@ -132,6 +140,7 @@ class PromptStream:
         self.epochs = epochs
         self.seed = seed
         self.position = 0  # prompts handed out so far, over all epochs
+        self._cached: tuple[int, list[int]] | None = None  # (epoch, its order)
 
     @property
     def total(self) -> int:
@@ -141,9 +150,12 @@ class PromptStream:
         return self.total - self.position
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.rows)))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order
+        """The row indices of ``epoch`` in the order they are handed out."""
+        if self._cached is None or self._cached[0] != epoch:
+            order = list(range(len(self.rows)))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._cached = (epoch, order)
+        return self._cached[1]
 
     def take(self, n: int) -> list[PromptRow]:
         """Up to ``n`` next rows (fewer at the very end)."""

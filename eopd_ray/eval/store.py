@@ -2,7 +2,8 @@
 
 ``output_dir/<checkpoint>/<benchmark>/samples.jsonl`` holds one JSON record per problem (see
 ``EvalActor.problem_record``), appended as soon as the problem is scored; ``meta.json`` beside it
-holds the settings that decide the samples (checkpoint path, sampling, entropy measurement). A
+holds the settings that decide the samples (checkpoint path, sampling, entropy measurement, the
+reference teacher). A
 job that finds the folder again skips the problems already in it, and refuses to mix samples
 drawn with other settings. A last line cut short by a crash is ignored (that problem is redone).
 """
@@ -19,14 +20,19 @@ from eopd_ray.eval.config import CheckpointSpec, EvalConfig
 
 
 def sample_settings(config: EvalConfig, checkpoint: CheckpointSpec) -> dict[str, Any]:
-    """The settings the samples of ``checkpoint`` depend on (compared on resume)."""
-    return {
+    """The settings the samples of ``checkpoint`` depend on (compared on resume). The teacher
+    spec only when set: folders measured without a teacher keep resuming as before, and adding,
+    removing or changing the teacher is refused (records would mix teacher_ref blocks)."""
+    settings = {
         "checkpoint": checkpoint.path,
         "dtype": checkpoint.dtype or config.dtype,
         "chat_template": checkpoint.chat_template or config.sampling.chat_template,
         "sampling": config.sampling.model_dump(mode="json"),
         "entropy": config.entropy.model_dump(mode="json", exclude={"chunk_size"}),
     }
+    if config.teacher is not None:
+        settings["teacher"] = config.teacher.model_dump(mode="json", exclude={"chunk_size"})
+    return settings
 
 
 class SampleStore:
@@ -39,7 +45,7 @@ class SampleStore:
         if meta.is_file():
             old = json.loads(meta.read_text())
             if old != settings:
-                changed = sorted(k for k in settings if old.get(k) != settings[k])
+                changed = sorted(k for k in old.keys() | settings if old.get(k) != settings.get(k))
                 raise ConfigError(
                     f"{folder} holds samples drawn with other settings ({', '.join(changed)}); "
                     "use another output_dir or delete that folder"

@@ -39,8 +39,6 @@ from eopd_ray.models.tiny import build_tiny_pair
 from eopd_ray.models.tokenizer import IM_END
 
 _MARKER = "pretrain.json"
-# Held-out problems are drawn with a seed the training problems never use.
-_HELD_OUT_SEED_OFFSET = 10_000
 
 
 @dataclass(frozen=True)
@@ -191,22 +189,16 @@ def training_problems(settings: PretrainSettings) -> list[Problem]:
 
 
 def held_out_problems(settings: PretrainSettings) -> list[Problem]:
-    """``settings.eval_problems`` problems none of which is a training problem. With small
-    operands a fresh draw repeats many training problems, so candidates are drawn from a seed the
-    training set never uses and the repeats are dropped."""
-    seen = {p.problem for p in training_problems(settings)}
-    candidates = generate_problems(
-        8 * settings.eval_problems,
-        settings.seed + _HELD_OUT_SEED_OFFSET,
-        difficulty=settings.difficulty,
+    """``settings.eval_problems`` problems none of which is a training problem (the synthetic
+    benchmark's held-out set, ``eopd_ray/data/synthetic_math/held_out.py``)."""
+    from eopd_ray.data.synthetic_math.held_out import held_out_problems as held_out
+
+    return held_out(
+        settings.difficulty,
+        settings.eval_problems,
+        seed=settings.seed,
+        pretrain_problems=settings.num_problems,
     )
-    fresh = [p for p in candidates if p.problem not in seen]
-    if len(fresh) < settings.eval_problems:
-        raise ValueError(
-            f"only {len(fresh)} of {len(candidates)} candidate problems are not training "
-            f"problems; lower eval_problems ({settings.eval_problems}) or num_problems"
-        )
-    return fresh[: settings.eval_problems]
 
 
 def prepare_tiny_models(

@@ -107,6 +107,33 @@ def test_teacher_model_fp32_head(
         np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=0.1, rtol=0)
 
 
+def test_score_ids_batch_gives_log_probs_at_the_given_ids(teacher_model: TeacherModel) -> None:
+    requests = _requests(teacher_model.vocab_size, seed=2)
+    rng = np.random.default_rng(5)
+    ids = [rng.integers(0, teacher_model.vocab_size, (len(r), 3)) for _, r in requests]
+    got = teacher_model.score_ids_batch(requests, ids)
+    plain = teacher_model.score_batch(requests)
+    for (prompt, response), block, scores, ref in zip(requests, ids, got, plain, strict=True):
+        assert scores.ids_logprobs.shape == (len(response), 3)
+        np.testing.assert_allclose(scores.logprobs, ref.logprobs, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(scores.entropy, ref.entropy, atol=1e-5, rtol=0)
+        if not response:
+            continue
+        with torch.inference_mode():
+            logits = teacher_model.model(torch.tensor([prompt + response])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)[len(prompt) - 1 : len(prompt) + len(response) - 1]
+        expected = logp.gather(1, torch.as_tensor(block)).numpy()
+        np.testing.assert_allclose(scores.ids_logprobs, expected, atol=1e-5, rtol=0)
+    # at a model's own top-k ids the log-probs are its top-k log-probs
+    own = teacher_model.score_ids_batch(requests, [r.topk_ids for r in plain])
+    for scores, ref in zip(own, plain, strict=True):
+        np.testing.assert_allclose(scores.ids_logprobs, ref.topk_logprobs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"ids must be \[len\(response\), m\]"):
+        teacher_model.score_ids_batch(requests[:1], [np.zeros((1, 3), dtype=np.int64)])
+    with pytest.raises(ValueError, match="2 id arrays for 1 requests"):
+        teacher_model.score_ids_batch(requests[:1], ids[:2])
+
+
 # ----------------------------------------------------------------------------------------------
 # Serve
 # ----------------------------------------------------------------------------------------------

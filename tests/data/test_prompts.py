@@ -1,6 +1,7 @@
 """Prompt loading: bad rows are counted and skipped; the stream shuffles per epoch and resumes."""
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -60,13 +61,52 @@ def test_stream_epochs_shuffle_and_resume() -> None:
 
 
 def test_synthetic_prompts_follow_the_configured_difficulty() -> None:
-    from eopd_ray.data.synthetic_math.problems import generate_problems
+    from eopd_ray.data.synthetic_math.held_out import training_problems
 
     data = DataConfig(train="synthetic", synthetic_problems=20, synthetic_difficulty="easy")
     rows = load_prompts(data, seed=3).rows
-    expected = generate_problems(20, seed=3, difficulty="easy")
+    expected = training_problems(20, seed=3, difficulty="easy")
     assert [(r.problem, r.answer) for r in rows] == [(p.problem, p.answer) for p in expected]
+    assert [r.prompt_id for r in rows] == list(range(20))
     assert rows != load_prompts(DataConfig(train="synthetic", synthetic_problems=20), seed=3).rows
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 7])
+def test_synthetic_prompts_never_include_the_benchmark_problems(seed: int) -> None:
+    from eopd_ray.eval.benchmarks import load_benchmark
+    from eopd_ray.eval.config import BenchmarkSpec
+
+    benchmark, _ = load_benchmark(BenchmarkSpec(name="s", source="synthetic"))
+    data = DataConfig(train="synthetic", synthetic_problems=512, synthetic_difficulty="small")
+    rows = load_prompts(data, seed=seed).rows
+    assert len(rows) == 512 and len({r.problem for r in rows}) == 512
+    assert not {r.problem for r in rows} & {p.problem for p in benchmark}
+
+
+def test_stream_shuffles_once_per_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [PromptRow(i, str(i), None) for i in range(50)]
+    # The order the stream has always used: a Random(seed * 1_000_003 + epoch) shuffle per epoch.
+    expected = []
+    for epoch in range(3):
+        order = list(range(50))
+        random.Random(7 * 1_000_003 + epoch).shuffle(order)
+        expected += order
+    shuffles = 0
+    shuffle = random.Random.shuffle
+
+    def counting(self: random.Random, x: list[int]) -> None:
+        nonlocal shuffles
+        shuffles += 1
+        shuffle(self, x)
+
+    monkeypatch.setattr(random.Random, "shuffle", counting)
+    stream = PromptStream(rows, epochs=3, seed=7)
+    taken = [r.prompt_id for _ in range(15) for r in stream.take(10)]
+    assert taken == expected
+    assert shuffles == 3  # one per epoch, not one per prompt
+    resumed = PromptStream(rows, epochs=3, seed=7)
+    resumed.position = 77  # resume mid-epoch 1, after a fresh start
+    assert [r.prompt_id for r in resumed.take(100)] == expected[77:]
 
 
 def test_bad_bytes_bom_and_non_string_prompts_are_counted_rows(tmp_path: Path) -> None:

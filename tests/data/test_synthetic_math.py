@@ -22,6 +22,13 @@ from eopd_ray.data.synthetic_math.branching import (
 )
 from eopd_ray.data.synthetic_math.corpus import read_jsonl, write_jsonl
 from eopd_ray.data.synthetic_math.grammar import count_paths, enumerate_node, one_of, sample_node
+from eopd_ray.data.synthetic_math.held_out import (
+    HELD_OUT_PROBLEMS,
+    PRETRAIN_PROBLEMS,
+    PRETRAIN_SEED,
+    held_out_problems,
+)
+from eopd_ray.data.synthetic_math.held_out import training_problems as synthetic_training_problems
 from eopd_ray.data.synthetic_math.problems import (
     FAMILIES,
     Problem,
@@ -266,3 +273,46 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     assert read_jsonl(path) == problems
     bare = write_jsonl(tmp_path / "bare.jsonl", problems, with_solution=False)
     assert "solution" not in json.loads(bare.read_text().splitlines()[0])
+
+
+def test_held_out_problems_are_the_pretraining_split() -> None:
+    # The cached tiny models were graded on pretrain.held_out_problems; the benchmark must serve
+    # the same problems, so the constants here must stay PretrainSettings' defaults.
+    from eopd_ray.models.pretrain import PretrainSettings, training_problems
+    from eopd_ray.models.pretrain import held_out_problems as pretrain_held_out
+
+    settings = PretrainSettings()
+    assert (settings.seed, settings.num_problems, settings.eval_problems) == (
+        PRETRAIN_SEED,
+        PRETRAIN_PROBLEMS,
+        HELD_OUT_PROBLEMS,
+    )
+    held = held_out_problems(settings.difficulty)
+    assert held == pretrain_held_out(settings)
+    assert len({p.problem for p in held}) == HELD_OUT_PROBLEMS
+    assert not {p.problem for p in held} & {p.problem for p in training_problems(settings)}
+
+
+@pytest.mark.parametrize("difficulty", ["small", "easy"])
+def test_training_problems_skip_the_held_out_ones_for_every_seed(difficulty: str) -> None:
+    held = {p.problem for p in held_out_problems(difficulty)}
+    overlapping = 0
+    for seed in range(6):
+        drawn = generate_problems(512, seed, difficulty=difficulty)
+        kept = synthetic_training_problems(512, seed, difficulty)
+        assert len(kept) == 512 and len({p.problem for p in kept}) == 512
+        assert not held & {p.problem for p in kept}
+        # the draw's order, held-out problems dropped and the gap filled from further along
+        fresh = [p for p in drawn if p.problem not in held]
+        assert kept[: len(fresh)] == fresh
+        assert kept == synthetic_training_problems(512, seed, difficulty)  # deterministic
+        overlapping += len(drawn) - len(fresh)
+    assert overlapping > 0  # seed 1 alone draws 8 held-out "small" problems among its 512
+
+
+def test_seed_zero_training_prompts_are_unchanged() -> None:
+    # Seed 0's first problems are pre-training problems, none held out: the tiny preset's prompts
+    # are what they were before held-out problems were excluded.
+    assert synthetic_training_problems(512, 0, "small") == generate_problems(
+        512, 0, difficulty="small"
+    )

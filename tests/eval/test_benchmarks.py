@@ -27,6 +27,24 @@ def test_math500_limit() -> None:
     assert [p.id for p in problems] == ["0", "1", "2"]
 
 
+def test_synthetic_serves_the_held_out_problems() -> None:
+    from eopd_ray.data.synthetic_math.held_out import held_out_problems
+
+    problems, skipped = load_benchmark(BenchmarkSpec(name="s", source="synthetic"))
+    held = held_out_problems("small")
+    assert skipped == [] and len(problems) == 256
+    assert [(p.id, p.problem, p.gold) for p in problems[:2]] == [
+        ("0", held[0].problem, held[0].answer),
+        ("1", held[1].problem, held[1].answer),
+    ]
+    few, _ = load_benchmark(BenchmarkSpec(name="s", source="synthetic", limit=64))
+    assert few == problems[:64]
+    easy, _ = load_benchmark(BenchmarkSpec(name="s", source="synthetic", difficulty="easy"))
+    assert [p.problem for p in easy] == [p.problem for p in held_out_problems("easy")]
+    with pytest.raises(ValueError, match="difficulty is for source 'synthetic' only"):
+        BenchmarkSpec(name="m", source="math500", difficulty="easy")
+
+
 def test_gsm8k_gold_from_hashes() -> None:
     problems, skipped = load_benchmark(BenchmarkSpec(name="g", source="gsm8k"))
     assert len(problems) == 1319 and skipped == []
