@@ -6,6 +6,7 @@
     eopd-ray tiny-models --out runs/tiny-models  # build + pre-train the tiny pair (cached)
     eopd-ray models smollm2 --out runs/smollm2   # SmolLM2 teacher + pruned, healed student
     eopd-ray eval configs/eval-tiny.yaml [key=value ...] [--address URL]  # evaluation job
+    eopd-ray compare configs/tiny.yaml --variants opd,eopd --seeds 0,1  # variants x seeds, report
     eopd-ray submit train|eval CONFIG [key=value ...] --address URL   # a job on a Ray cluster
     eopd-ray jobs list|logs|status|stop [JOB_ID] --address URL        # jobs on that cluster
 
@@ -22,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from eopd_ray.compare.command import add_compare_parser
 from eopd_ray.config import load_config
 from eopd_ray.config_io import ConfigError, dump_config
 
@@ -204,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run_commands, _add_model_commands, _add_cluster_commands):
+    for add in (_add_run_commands, _add_model_commands, _add_cluster_commands, add_compare_parser):
         add(sub)
     return parser
 
