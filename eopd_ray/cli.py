@@ -1,6 +1,7 @@
 """The ``eopd-ray`` command line.
 
     eopd-ray train configs/tiny.yaml [key=value ...] [--address URL]   # distillation run
+    eopd-ray generate configs/tiny-kd.yaml [key=value ...] [--out PATH]  # teacher answers (kd)
     eopd-ray toy --out runs/toy                 # the paper's toy experiment (§3.2, Table 1)
     eopd-ray config configs/tiny.yaml loss.tau=1.0   # validate a preset and print it resolved
     eopd-ray tiny-models --out runs/tiny-models  # build + pre-train the tiny pair (cached)
@@ -26,6 +27,7 @@ from pathlib import Path
 from eopd_ray.compare.command import add_compare_parser
 from eopd_ray.config import load_config
 from eopd_ray.config_io import ConfigError, dump_config
+from eopd_ray.generate import add_generate_parser
 
 
 class UsageError(ValueError):
@@ -206,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run_commands, _add_model_commands, _add_cluster_commands, add_compare_parser):
+    commands = (_add_run_commands, add_generate_parser, _add_model_commands, _add_cluster_commands)
+    for add in (*commands, add_compare_parser):
         add(sub)
     return parser
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eopd_ray.checkpoint import resume, save_checkpoint
 from eopd_ray.config import RunConfig
@@ -31,6 +32,9 @@ from eopd_ray.ray_env import init_ray
 from eopd_ray.rollout import Request, ScoredRollout
 from eopd_ray.running import Roles
 
+if TYPE_CHECKING:
+    from eopd_ray.roles import SamplerRole
+
 
 def train(config: RunConfig, address: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the distillation job described by ``config``; returns the summary."""
@@ -39,7 +43,8 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
     (out / "config.yaml").write_text(dump_config(config))
     inputs = prepare_inputs(config)  # tokenizers and data too, before Ray starts
     init_ray(config.ray, address, config.sampler.kv_cache_gib)
-    roles = start_roles(config, inputs)
+    responses = kd_responses(config, inputs, progress)  # kd: the teacher's, generated once
+    roles = start_roles(config, inputs, responses)
     try:
         it, version = resume(roles, out)
         iterations = total_iterations(config, roles.stream)
@@ -54,7 +59,7 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
                 train_metrics = roles.learner.train_batch(batch, mini_batches=mini_batches(config))
                 check_finite(config, roles, out, it)  # skipped steps in a row: stop
                 version = roles.learner.version
-                sync = roles.samplers.push_weights(roles.learner.state_dict(), version)  # sync
+                sync = publish_weights(roles, version)  # to the samplers (kd: none)
                 roles.pipeline.counters["sampler_restarts"] += sync["actors"].count(None)
             except LearnerGroupError as failure:  # a worker died: back to the newest checkpoint
                 it, version = recover_learner(config, roles, out, failure)
@@ -111,9 +116,8 @@ def prepare_inputs(config: RunConfig) -> Inputs:
     return Inputs(vocab.scoring_vocab_size, tokenizer, stream, skipped)
 
 
-def start_roles(config: RunConfig, inputs: Inputs) -> Roles:
-    """Start teacher, samplers and learners."""
-    from eopd_ray.actors.sampler_pool import SamplerPool
+def start_roles(config: RunConfig, inputs: Inputs, responses: Path | None = None) -> Roles:
+    """Start teacher, samplers (kd: the teacher's ``responses`` replayed) and learners."""
     from eopd_ray.actors.teacher_service import TeacherService
     from eopd_ray.learners.learner_group import LearnerGroup
 
@@ -125,7 +129,8 @@ def start_roles(config: RunConfig, inputs: Inputs) -> Roles:
         vocab_limit=inputs.scoring_vocab_size,
         fp32_head=config.teacher_service.fp32_head,
     )
-    samplers = SamplerPool.from_run_config(config)
+    # the replay reads the learner's version when rollouts are submitted, after it is bound below
+    samplers = start_samplers(config, responses, lambda: learner.version)
     learner = LearnerGroup.from_config(
         config,
         total_steps=total_iterations(config, stream) * mini_batches(config),
@@ -134,11 +139,45 @@ def start_roles(config: RunConfig, inputs: Inputs) -> Roles:
         stream.take, samplers, teacher, config.rollout, config.pipeline, seed=config.seed
     )
     scaler = None
-    if len(set(config.sampler.actor_range)) > 1:
+    if responses is None and len(set(config.sampler.actor_range)) > 1:
         from eopd_ray.autoscale import SamplerScaler
 
         scaler = SamplerScaler(samplers, config.sampler)
     return Roles(samplers, teacher, learner, pipeline, stream, tokenizer, skipped, scaler)
+
+
+def kd_responses(config: RunConfig, inputs: Inputs, progress: bool) -> Path | None:
+    """kd trains on the teacher's responses to the training prompts: the file of ``eopd-ray
+    generate``, generated now (Ray is up) when missing or incomplete, else reused after its
+    settings are checked. None for every other variant (they sample the student)."""
+    if config.loss.variant != "kd":
+        return None
+    from eopd_ray.generate import responses_path, write_teacher_responses
+
+    requests: list[Request] = inputs.stream.rows  # type: ignore[assignment]
+    return write_teacher_responses(config, requests, responses_path(config), progress)
+
+
+def start_samplers(
+    config: RunConfig, responses: Path | None, learner_version: Callable[[], int]
+) -> SamplerRole:
+    """The student's vLLM sampler pool, or for kd the replayed ``responses`` (no student engine;
+    their rollouts carry ``learner_version()``, see ``eopd_ray/actors/replay.py``)."""
+    if responses is None:
+        from eopd_ray.actors.sampler_pool import SamplerPool
+
+        return SamplerPool.from_run_config(config)
+    from eopd_ray.actors.replay import TeacherResponses
+
+    return TeacherResponses.from_file(responses, version=learner_version)
+
+
+def publish_weights(roles: Roles, version: int) -> dict[str, Any]:
+    """Push the learner's new weights to the samplers; timings (``seconds``, ``actors``). Samplers
+    that replay fixed responses (kd) need none, so the weights are not even gathered."""
+    if not getattr(roles.samplers, "needs_weights", True):
+        return {"seconds": 0.0, "actors": []}
+    return roles.samplers.push_weights(roles.learner.state_dict(), version)
 
 
 def render_requests(config: RunConfig, tokenizer: Any) -> tuple[list[Request], Counter[str]]:

@@ -56,7 +56,9 @@ class BenchmarkSpec(Section):
     def _path_for_files(self) -> BenchmarkSpec:
         if self.source == "file" and not self.path:
             raise ValueError(f"benchmark {self.name}: source 'file' needs a path")
-        if "difficulty" in self.model_fields_set and self.source != "synthetic":
+        # a changed difficulty elsewhere would be ignored (the default passes: dumps list it)
+        default = type(self).model_fields["difficulty"].default
+        if self.difficulty != default and self.source != "synthetic":
             raise ValueError(f"benchmark {self.name}: difficulty is for source 'synthetic' only")
         if self.pass_k is not None and any(k < 1 for k in self.pass_k):
             raise ValueError(f"benchmark {self.name}: pass_k values must be >= 1")
