@@ -10,6 +10,11 @@ save never leaves a folder that looks complete. Its last file is ``manifest.json
 size of every other file, computed at save. Resume verifies them before the learner loads the
 DeepSpeed state, which DeepSpeed unpickles with ``weights_only=False`` (arbitrary code): a state
 that is not the one this run wrote is refused with one line instead of being executed.
+
+Rotation (``pipeline.keep_checkpoints``): once a checkpoint is complete, only the newest N complete
+ones are kept (the one just written always, so the final one too), and folders of saves that
+never completed (``.partial``) older than it are removed. A folder is renamed before it is
+deleted, so a kill mid-delete never leaves something that looks like a complete checkpoint.
 """
 
 from __future__ import annotations
@@ -103,7 +108,43 @@ def save_checkpoint(roles: Roles, out: Path, iteration: int) -> Path:
     (tmp / STATE).write_text(json.dumps(state, indent=1))
     write_manifest(tmp)
     tmp.rename(final)
+    prune_checkpoints(out, roles.pipeline.config.keep_checkpoints, final)
     return final
+
+
+def _step(folder: Path) -> int | None:
+    """N of ``step_N``, ``step_N.partial`` and the like; None for other names."""
+    digits = folder.name[5:].split(".", 1)[0]
+    return int(digits) if folder.name.startswith("step_") and digits.isdigit() else None
+
+
+def prune_checkpoints(out: Path, keep: int | None, written: Path) -> list[Path]:
+    """After ``written`` completed: remove all but the newest ``keep`` complete checkpoints (all
+    kept for None; ``written`` always) and every incomplete ``step_*`` folder older than the
+    newest complete one. Returns the removed folders."""
+    complete = complete_checkpoints(out)
+    if not complete:
+        return []
+    newest = _step(complete[-1])
+    assert newest is not None
+    doomed = [] if keep is None else [p for p in complete[:-keep] if p != written]
+    known = set(complete)
+    for folder in (out / "checkpoints").glob("step_*"):
+        step = _step(folder)
+        if folder not in known and folder.is_dir() and step is not None and step < newest:
+            doomed.append(folder)
+    for folder in doomed:
+        shutil.rmtree(_trash(folder), ignore_errors=True)
+    return doomed
+
+
+def _trash(folder: Path) -> Path:
+    """``folder`` renamed to ``*.deleting`` (not a complete checkpoint, even half deleted)."""
+    if folder.name.endswith(".deleting"):
+        return folder
+    trash = folder.with_name(folder.name + ".deleting")
+    shutil.rmtree(trash, ignore_errors=True)
+    return folder.rename(trash)
 
 
 def resume(roles: Roles, out: Path) -> tuple[int, int]:

@@ -58,7 +58,7 @@ class LossConfig(Section):
     shaping_alpha: float = Field(0.1, ge=0.0)
     shaping_kappa: float = Field(2.0, gt=0.0)
     kd_ce_weight: float = Field(0.5, ge=0.0, le=1.0)
-    chunk_size: int = Field(1024, ge=1, description="positions per chunk for [T, V] reductions")
+    chunk_size: int = Field(256, ge=1, description="response positions per chunk of [N, V] math")
 
     @model_validator(mode="after")
     def _hyperparameters_of_this_variant(self) -> LossConfig:

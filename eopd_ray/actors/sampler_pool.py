@@ -309,3 +309,4 @@ class SamplerPool(PoolScaling, WeightPublisher):
             ray.kill(slot.actor, no_restart=True)
         self._slots = []
         self._jobs.clear()
+        self.retire_weight_versions()  # weight_sync disk: only the newest version stays

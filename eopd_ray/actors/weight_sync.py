@@ -8,7 +8,10 @@
 - ``object_store``: ``ray.put`` once; every actor gets the same ref (single-process engines load
   the tensors directly).
 - ``disk``: written as safetensors to ``sync_dir/v{version}``; every actor reloads the folder
-  (works with multiprocess and tensor-parallel engines too).
+  (works with multiprocess and tensor-parallel engines too). Once a push has returned, every
+  engine runs the new weights (restarted and starting actors get them too), so the pool deletes
+  its other ``sync_dir/v*`` folders (``retire_weight_versions``, also at shutdown): one version
+  stays on disk.
 
 A safetensors folder path or an ``ObjectRef`` of a state dict is passed on as it is. The pool keeps
 the latest payload: actors started later (restarts, autoscaling) get it before they take work.
@@ -17,6 +20,7 @@ the latest payload: actors started later (restarts, autoscaling) get it before t
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -77,12 +81,31 @@ class WeightPublisher:
             except ray.exceptions.RayActorError:
                 self.restart(index)  # the fresh actor is started at the new weights
                 per_actor.append(None)
+        self.retire_weight_versions()  # every engine has this version now
         return {
             "seconds": time.perf_counter() - started,
             "prepare_s": prepared - started,
             "version": version,
             "actors": per_actor,
         }
+
+    def retire_weight_versions(self) -> list[Path]:
+        """Delete the ``sync_dir/v{version}`` folders but the latest pushed one; returns them.
+
+        Only once every engine has loaded the latest weights (after a push, and at shutdown):
+        ``sync_dir`` belongs to the pool, and no engine reads an older version again."""
+        if self.sync_dir is None or not self.sync_dir.is_dir():
+            return []
+        latest = Path(self._weights).resolve() if isinstance(self._weights, str) else None
+        old = [
+            folder
+            for folder in self.sync_dir.iterdir()
+            if folder.is_dir() and folder.name[:1] == "v" and folder.name[1:].isdigit()
+        ]
+        old = [folder for folder in old if folder.resolve() != latest]
+        for folder in old:
+            shutil.rmtree(folder, ignore_errors=True)
+        return old
 
     def _save_weights(self, state_dict: Mapping[str, Any], version: int) -> str:
         from safetensors.torch import save_file

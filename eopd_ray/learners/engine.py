@@ -5,6 +5,8 @@ Used by :class:`eopd_ray.learners.worker.LearnerWorker` once its rank has joined
 AdamW and the learning-rate schedule of :mod:`eopd_ray.learners.schedule`, in a DeepSpeed engine
 whose gradient-accumulation boundary the caller owns. :class:`StepGuard` lets the caller skip an
 optimizer step. :func:`full_state_dict` gathers the full CPU weights on rank 0, also under ZeRO-3.
+:func:`response_batch` and :func:`student_logits` are the student's forward pass: the output layer
+is applied at the response positions only, chunk by chunk (docs/design.md §2.9).
 
 Skipped steps. DeepSpeed's ZeRO and fp16/bf16 optimizers already skip a step whose gradient norm
 is not finite: they drop the gradients and raise ``optimizer.overflow``, and the engine then
@@ -19,14 +21,37 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from eopd_ray.config import LearnerConfig, ModelConfig, OptimConfig
+from eopd_ray.vocab import LogitsFn, output_layer_fn
 
-__all__ = ["BuiltEngine", "StepGuard", "build_engine", "ds_config", "full_state_dict"]
+__all__ = [
+    "PER_TOKEN_KEYS",
+    "BuiltEngine",
+    "StepGuard",
+    "build_engine",
+    "ds_config",
+    "full_state_dict",
+    "response_batch",
+    "student_logits",
+]
+
+# collate's per-token tensors, [B, L-1] or [B, L-1, k] (the teacher's are absent for GRPO)
+PER_TOKEN_KEYS = (
+    "tokens",
+    "mask",
+    "behaviour_logprobs",
+    "teacher_logprobs",
+    "teacher_entropy",
+    "teacher_topk_ids",
+    "teacher_topk_logprobs",
+    "versions",
+)
 
 
 def ds_config(learner: LearnerConfig, optim: OptimConfig, dtype: str, world: int) -> dict:
@@ -90,10 +115,8 @@ def build_engine(
 
     from eopd_ray.learners.schedule import make_scheduler
 
-    if not learner.use_gpu:
-        torch.set_num_threads(max(1, int(learner.num_cpus_per_worker)))
-        if student.dtype == "float16":
-            raise ValueError("student.dtype float16 needs GPUs: DeepSpeed has no fp16 on CPU")
+    if not learner.use_gpu and student.dtype == "float16":
+        raise ValueError("student.dtype float16 needs GPUs: DeepSpeed has no fp16 on CPU")
     t0 = time.perf_counter()
     model, pad_id = _load_student(student, learner)
     t1 = time.perf_counter()
@@ -206,3 +229,69 @@ def full_state_dict(engine: Any, rank: int, zero_stage: int) -> dict[str, torch.
             copies[key] = value.detach().to("cpu", copy=True)
         out[name] = copies[key]
     return out
+
+
+def response_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A :func:`~eopd_ray.learners.batch.collate` batch reduced to its response positions.
+
+    ``input_ids`` and ``attention_mask`` [B, L] stay (the forward pass needs the prompts);
+    ``rows`` and ``cols`` [N] are the positions where ``mask`` is true, row-major; every per-token
+    tensor present becomes ``[1, N]`` (``[1, N, k]``) and ``advantages`` [B] becomes per token
+    ``[1, N]``. Without response tokens (a dummy batch) one position stays, masked out, so that
+    the loss is an exact zero that still carries a graph.
+    """
+    mask_BT = batch["mask"].bool()
+    rows, cols = mask_BT.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        rows = cols = torch.zeros(1, dtype=torch.long, device=mask_BT.device)
+    out = {key: batch[key] for key in ("input_ids", "attention_mask")}
+    out |= {"rows": rows, "cols": cols}
+    out |= {key: batch[key][rows, cols][None] for key in PER_TOKEN_KEYS if key in batch}
+    if "advantages" in batch:
+        out["advantages"] = batch["advantages"][rows][None]
+    return out
+
+
+def student_logits(
+    engine: Any, batch: Mapping[str, torch.Tensor], *, one_call: bool = False, check: bool = False
+) -> torch.Tensor | LogitsFn:
+    """The student's forward pass on a :func:`response_batch`, its logits at the N response
+    positions only: no ``[B, L, V]`` tensor (the model's own output layer runs on the last
+    position only).
+
+    Returns a :data:`~eopd_ray.vocab.LogitsFn` over the N positions, which applies the output
+    layer to a slice of their final hidden states when the loss's chunk loop asks (under grad,
+    again in the backward pass); with ``one_call`` the logits ``[1, N, V]`` of one output-layer
+    call instead (ZeRO-3: each call of a partitioned layer is a collective, so every rank must
+    make the same number, whatever its N). ``check``: first verify that the output layer applied
+    to the final hidden states gives the model's own logits (a model that rescales its logits
+    after the output layer is refused with one line).
+    """
+    module = getattr(engine, "module", engine)  # the HF model inside a DeepSpeed engine
+    out = engine(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+        output_hidden_states=True,  # hidden_states[-1]: the final (normed) hidden states
+        logits_to_keep=1,
+    )
+    hidden_BLH = out.hidden_states[-1]
+    layer = module.get_output_embeddings()
+    softcap = getattr(module.config, "final_logit_softcapping", None)
+    if check:
+        _check_output_layer(out.logits[:, -1], output_layer_fn(hidden_BLH[:, -1], layer, softcap))
+    logits_fn = output_layer_fn(hidden_BLH[batch["rows"], batch["cols"]], layer, softcap)
+    return logits_fn(0, batch["rows"].numel())[None] if one_call else logits_fn
+
+
+@torch.no_grad()
+def _check_output_layer(model_BV: torch.Tensor, logits_fn: LogitsFn) -> None:
+    """Raises ValueError unless ``logits_fn`` reproduces the model's logits ``model_BV`` [B, V]."""
+    ours_BV = logits_fn(0, model_BV.shape[0]).float()
+    model_BV = model_BV.float()
+    worst = (ours_BV - model_BV).abs().max().item()
+    if worst > 0.02 * max(1.0, model_BV.abs().max().item()):
+        raise ValueError(
+            "the student's output layer applied to its final hidden states differs from its "
+            f"logits (max |diff| {worst:.3g}): a model that rescales its logits is not supported"
+        )

@@ -55,7 +55,7 @@ from eopd_ray.learners.worker import DS_SUBDIR
 from eopd_ray.learners.worker_group import LearnerGroupError, WorkerGroup
 from eopd_ray.rollout import ScoredRollout
 
-__all__ = ["LearnerGroup", "LearnerGroupError", "loss_variant_args"]
+__all__ = ["LearnerGroup", "LearnerGroupError", "loss_variant_args", "train_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,29 @@ def loss_variant_args(loss: LossConfig) -> dict[str, Any]:
         },
         "kd": {"kd_ce_weight": loss.kd_ce_weight},
     }.get(loss.variant, {})
+
+
+def train_options(
+    loss: LossConfig,
+    importance: str,
+    behaviour_weight_cap: float | None,
+    version: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The ``opts`` of :meth:`LearnerWorker.train`: what every rank needs of one call besides
+    its shards (checked by :meth:`LearnerGroup.train_batch`)."""
+    return {
+        "variant": loss.variant,
+        "tau": loss.tau,
+        "clip_eps": loss.clip_eps,
+        "top_k": loss.top_k,
+        "chunk_size": loss.chunk_size,
+        "variant_args": loss_variant_args(loss),
+        "importance": importance,
+        "behaviour_weight_cap": behaviour_weight_cap,
+        "version": version,
+        "seed": seed,
+    }
 
 
 class LearnerGroup:
@@ -245,18 +268,7 @@ class LearnerGroup:
             raise ValueError(f"importance must be 'behaviour' or 'decoupled', got {importance!r}")
         if importance == "decoupled" and loss.variant == "kd":
             raise ValueError("decoupled importance needs a ratio; loss variant 'kd' has none")
-        return {
-            "variant": loss.variant,
-            "tau": loss.tau,
-            "clip_eps": loss.clip_eps,
-            "top_k": loss.top_k,
-            "chunk_size": loss.chunk_size,
-            "variant_args": loss_variant_args(loss),
-            "importance": importance,
-            "behaviour_weight_cap": behaviour_weight_cap,
-            "version": self._version,
-            "seed": self.seed,
-        }
+        return train_options(loss, importance, behaviour_weight_cap, self._version, self.seed)
 
     def _shard(self, batch: Sequence[ScoredRollout], mini_batches: int) -> list[list[dict]]:
         """Per rank, per mini-batch: the loss normalizer and the micro-batches (``None``: empty,

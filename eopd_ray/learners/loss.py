@@ -49,7 +49,10 @@ add up to ``loss`` under the default normaliser.
 
 Memory: the student's per-position quantities are reduced from the ``[B, T, V]`` logits in chunks of
 positions, each under activation checkpointing, so no float32 ``[B, T, V]`` tensor is materialised
-in the forward pass; the backward pass recomputes one chunk at a time.
+in the forward pass; the backward pass recomputes one chunk at a time. ``student_logits`` may also
+be a :data:`~eopd_ray.vocab.LogitsFn` that makes the logits of a chunk on demand (the learner's
+output layer applied to the response positions' hidden states): then no ``[B, T, V]`` tensor
+exists at all, not even in the model's dtype.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ from eopd_ray.learners.loss_terms import (
     ratio_term,
     unit_weight,
 )
+from eopd_ray.vocab import LogitsFn
 
 __all__ = [
     "VARIANTS",
@@ -222,16 +226,24 @@ def _check(
 
 
 def _check_settings(
-    student_logits_BTV: torch.Tensor,
+    student_logits_BTV: torch.Tensor | LogitsFn,
+    tokens_BT: torch.Tensor,
     chunk_size: int,
     token_normalizer: float | None,
     clip_eps: float,
     behaviour_weight_cap: float | None,
-) -> None:
-    """Raises ValueError for logits that are not ``[B, T, V]`` with B*T > 0, or a bad scalar."""
-    if student_logits_BTV.dim() != 3:
-        raise ValueError(f"student_logits must be [B, T, V], got {tuple(student_logits_BTV.shape)}")
-    B, T, _ = student_logits_BTV.shape
+) -> tuple[int, int]:
+    """``(B, T)``; raises ValueError for logits that are not ``[B, T, V]`` (for a logits_fn:
+    tokens that are not ``[B, T]``) with B*T > 0, or a bad scalar."""
+    if isinstance(student_logits_BTV, torch.Tensor):
+        if student_logits_BTV.dim() != 3:
+            shape = tuple(student_logits_BTV.shape)
+            raise ValueError(f"student_logits must be [B, T, V], got {shape}")
+        B, T, _ = student_logits_BTV.shape
+    elif tokens_BT.dim() != 2:
+        raise ValueError(f"tokens must be [B, T], got {tuple(tokens_BT.shape)}")
+    else:
+        B, T = tokens_BT.shape
     if B * T == 0:
         raise ValueError("student_logits has no positions")
     if chunk_size < 1:
@@ -242,6 +254,7 @@ def _check_settings(
         raise ValueError(f"clip_eps must be in [0, 1), got {clip_eps}")
     if behaviour_weight_cap is not None and not behaviour_weight_cap > 0:
         raise ValueError(f"behaviour_weight_cap must be > 0, got {behaviour_weight_cap}")
+    return B, T
 
 
 def _check_inputs(
@@ -297,7 +310,7 @@ def _per_token(
 
 def eopd_loss(
     *,
-    student_logits: torch.Tensor,
+    student_logits: torch.Tensor | LogitsFn,
     tokens: torch.Tensor,
     behaviour_logprobs: torch.Tensor | None = None,
     teacher_logprobs: torch.Tensor | None = None,
@@ -323,6 +336,9 @@ def eopd_loss(
     Args:
         student_logits: ``[B, T, V]``, any float dtype (math in float32, float64 stays float64);
             ``student_logits[b, t]`` predicts ``tokens[b, t]``. Must be finite where ``mask``.
+            Or a :data:`~eopd_ray.vocab.LogitsFn` over the ``B*T`` positions in row-major order
+            (``fn(start, end)`` -> ``[end - start, V]``), called chunk by chunk (again in the
+            backward pass, under activation checkpointing).
         tokens: ``[B, T]`` long, the sampled tokens.
         behaviour_logprobs: ``[B, T]``, log π_old(x_t) from the sampler (all but ``kd``).
         teacher_logprobs: ``[B, T]``, log π_te(x_t) (on-policy distillation variants).
@@ -339,7 +355,9 @@ def eopd_loss(
         and the metrics listed in the module docstring.
     """
     spec, args = _resolve_variant_args(variant, variant_args)
-    _check_settings(student_logits, chunk_size, token_normalizer, clip_eps, behaviour_weight_cap)
+    B, T = _check_settings(
+        student_logits, tokens, chunk_size, token_normalizer, clip_eps, behaviour_weight_cap
+    )
     inputs = {
         "tokens": tokens,
         "mask": mask,
@@ -350,7 +368,6 @@ def eopd_loss(
         "teacher_topk_ids": teacher_topk_ids,
         "teacher_topk_logprobs": teacher_topk_logprobs,
     }
-    B, T, _ = student_logits.shape
     _check_inputs(variant, spec, (B, T), inputs)
     batch = prepare_batch(student_logits, inputs, tau, chunk_size)
     per_token_BT, terms, extra = _per_token(spec, batch, args, clip_eps, behaviour_weight_cap)

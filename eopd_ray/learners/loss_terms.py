@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from eopd_ray.vocab import vocab_stats
+from eopd_ray.vocab import LogitsFn, vocab_stats
 
 VariantArgs = Mapping[str, Any]  # a variant's resolved arguments
 _AdvantageOut = tuple[torch.Tensor, dict[str, torch.Tensor]]  # (Â [B, T], {metric: [B, T]})
@@ -149,7 +149,7 @@ class LossBatch:
 
 
 def prepare_batch(
-    student_logits_BTV: torch.Tensor,
+    student_logits_BTV: torch.Tensor | LogitsFn,
     inputs: Mapping[str, torch.Tensor | None],
     tau: float,
     chunk_size: int,
@@ -158,14 +158,32 @@ def prepare_batch(
 
     ``inputs``: the ``eopd_loss`` tensors by name (``tokens``, ``mask``, ``behaviour_logprobs``,
     ``proximal_logprobs``, ``teacher_*``; None when not given), already checked: ``[B, T]``, the
-    top-k pair ``[B, T, k]``.
+    top-k pair ``[B, T, k]``. ``student_logits_BTV`` may be a :data:`LogitsFn` over the ``B*T``
+    positions (then on the tokens' device).
     """
-    device = student_logits_BTV.device
-    dtype = torch.promote_types(student_logits_BTV.dtype, torch.float32)
     mask_BT, tokens_BT, ids_BTK = inputs["mask"], inputs["tokens"], inputs["teacher_topk_ids"]
     assert mask_BT is not None and tokens_BT is not None
+    logits = student_logits_BTV
+    device = logits.device if isinstance(logits, torch.Tensor) else tokens_BT.device
     valid_BT = mask_BT.to(device=device).bool()
     bt = tuple(valid_BT.shape)
+    safe_tokens_BT = torch.where(valid_BT, tokens_BT.to(device), 0)
+    safe_ids_BTK = (
+        torch.zeros(*bt, 0, dtype=torch.long, device=device)
+        if ids_BTK is None
+        else torch.where(valid_BT[..., None], ids_BTK.to(device), 0)
+    )
+    # one chunked pass over the vocabulary (eopd_ray/vocab.py), each chunk checkpointed under grad
+    stats = vocab_stats(
+        logits,
+        safe_tokens_BT,
+        ids=safe_ids_BTK,
+        valid=valid_BT,
+        entropy=True,
+        chunk_size=chunk_size,
+    )
+    logp_BT, topk_logp_BTK, entropy_BT = stats.logprobs, stats.ids_logprobs, stats.entropy
+    dtype = logp_BT.dtype  # the math dtype: float32, float64 for float64 logits
 
     def clean(name: str) -> torch.Tensor | None:
         # Detached, compute dtype, and masked positions replaced so garbage there cannot leak.
@@ -175,22 +193,6 @@ def prepare_batch(
         x = x.detach().to(device=device, dtype=dtype)
         return torch.where(valid_BT.view(*bt, *([1] * (x.dim() - 2))), x, 0.0)
 
-    safe_tokens_BT = torch.where(valid_BT, tokens_BT.to(device), 0)
-    safe_ids_BTK = (
-        torch.zeros(*bt, 0, dtype=torch.long, device=device)
-        if ids_BTK is None
-        else torch.where(valid_BT[..., None], ids_BTK.to(device), 0)
-    )
-    # one chunked pass over the vocabulary (eopd_ray/vocab.py), each chunk checkpointed under grad
-    stats = vocab_stats(
-        student_logits_BTV,
-        safe_tokens_BT,
-        ids=safe_ids_BTK,
-        valid=valid_BT,
-        entropy=True,
-        chunk_size=chunk_size,
-    )
-    logp_BT, topk_logp_BTK, entropy_BT = stats.logprobs, stats.ids_logprobs, stats.entropy
     return LossBatch(
         valid_BT=valid_BT,
         logp_BT=logp_BT,

@@ -4,11 +4,16 @@
 rank in one placement group, asks rank 0 for a rendezvous address (:meth:`master_address`: its
 node IP and a free port) and calls :meth:`setup` on every rank with it: each rank then joins the
 learners' ``torch.distributed`` process group itself (gloo on CPU, NCCL on GPU) and builds its
-engine (:mod:`eopd_ray.learners.engine`). From then on the driver calls the same method on every
-rank at once, as in verl / OpenRLHF: :meth:`train` (one iteration of Algorithm 1 on the rank's
-shards), :meth:`state_dict`, :meth:`save`, :meth:`load`. A method that raises leaves the actor up
-and raises in the driver's ``ray.get``; the driver then kills the whole group, since the other
-ranks may wait in a collective for this one.
+engine (:mod:`eopd_ray.learners.engine`) with ``learner.num_threads`` torch threads. From then on
+the driver calls the same method on every rank at once, as in verl / OpenRLHF: :meth:`train` (one
+iteration of Algorithm 1 on the rank's shards), :meth:`state_dict`, :meth:`save`, :meth:`load`. A
+method that raises leaves the actor up and raises in the driver's ``ray.get``; the driver then
+kills the whole group, since the other ranks may wait in a collective for this one.
+
+Memory: a micro-batch is reduced to its response positions (``engine.response_batch``: every
+per-token tensor ``[1, N]``) and the output layer runs only there, chunk by chunk inside the loss
+(``engine.student_logits``), so neither the prompt positions' logits nor a ``[B, L, V]`` tensor
+exist (under ZeRO-3: one ``[N, V]`` call).
 
 Non-finite steps: if the loss of any micro-batch on any rank is not finite (a flag all-reduced
 before ``engine.step()``), or the gradient norm is not finite, the optimizer step is skipped on
@@ -30,8 +35,15 @@ from typing import Any
 import torch
 
 from eopd_ray.learners.batch import collate, dummy_batch
+from eopd_ray.learners.engine import (
+    StepGuard,
+    build_engine,
+    full_state_dict,
+    response_batch,
+    student_logits,
+)
 from eopd_ray.rollout import ScoredRollout
-from eopd_ray.vocab import vocab_stats
+from eopd_ray.vocab import LogitsFn, vocab_stats
 
 __all__ = ["DS_SUBDIR", "LearnerWorker", "token_logprobs"]
 
@@ -41,10 +53,17 @@ _STATE_FILE = "learner_state.json"
 
 
 @torch.no_grad()
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """``log softmax(logits)[..., tokens]`` in float32, [B, T], without a [B, T, V] float32 copy
-    (the shared chunked kernel, ``eopd_ray/vocab.py``)."""
+def token_logprobs(
+    logits: torch.Tensor | LogitsFn, tokens: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """``log softmax(logits)[..., tokens]`` in float32, [B, T], from logits [B, T, V] or a
+    LogitsFn over the B*T positions, without a [B, T, V] float32 copy (``eopd_ray/vocab.py``)."""
     return vocab_stats(logits, tokens, chunk_size=chunk_size, dtype=torch.float32).logprobs
+
+
+def worker_threads(num_threads: int | None, num_cpus: float) -> int:
+    """torch intra-op threads of a worker: ``learner.num_threads``, else its CPUs (at least 1)."""
+    return num_threads if num_threads is not None else max(1, int(num_cpus))
 
 
 @dataclass
@@ -61,6 +80,7 @@ class LearnerWorker:
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
+        self._layer_checked = False  # student_logits' output-layer check, on the first forward
 
     # -- process group and engine -----------------------------------------------------------
     def master_address(self) -> tuple[str, int]:
@@ -80,9 +100,8 @@ class LearnerWorker:
         ``cfg``: ``student``, ``learner``, ``optim`` (the configs) and ``total_steps``. Ray gives
         each GPU actor its own device, so every rank is ``LOCAL_RANK`` 0 on its visible GPU.
         """
-        from eopd_ray.learners.engine import StepGuard, build_engine
-
         learner = cfg["learner"]
+        torch.set_num_threads(worker_threads(learner.num_threads, learner.num_cpus_per_worker))
         self._join_process_group(learner.backend, learner.use_gpu, master_addr, master_port)
         self.cfg = cfg
         built = build_engine(cfg["student"], learner, cfg["optim"], cfg["total_steps"], self.world)
@@ -92,7 +111,7 @@ class LearnerWorker:
         self.device = self.engine.device
         fp32_without_zero = learner.zero_stage == 0 and cfg["student"].dtype == "float32"
         self.guard = StepGuard(built, fp32_without_zero)
-        return built.info
+        return {**built.info, "num_threads": torch.get_num_threads()}
 
     def _join_process_group(self, backend: str, use_gpu: bool, addr: str, port: int) -> None:
         import torch.distributed as dist
@@ -143,15 +162,15 @@ class LearnerWorker:
         }
 
     def _tensors(self, micro: list[ScoredRollout] | None, top_k: int) -> dict[str, torch.Tensor]:
+        """The micro-batch on the device, reduced to its response positions (``[1, N]``)."""
         pad = self.pad_id
         b = collate(micro, pad, top_k=top_k) if micro else dummy_batch(pad, top_k=top_k)
-        return {key: v.to(self.device) for key, v in b.items()}
+        return response_batch({key: v.to(self.device) for key, v in b.items()})
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.engine(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        )
-        return out.logits[:, :-1]
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | LogitsFn:
+        """The student's logits at the batch's response positions (``engine.student_logits``)."""
+        check, self._layer_checked = not self._layer_checked, True
+        return student_logits(self.engine, batch, one_call=self.zero_stage == 3, check=check)
 
     def _proximal_logprobs(
         self, batches: list[list[dict[str, torch.Tensor]]], opts: dict[str, Any]
@@ -204,10 +223,10 @@ class LearnerWorker:
             tokens=b["tokens"],
             mask=b["mask"],
             behaviour_logprobs=b["behaviour_logprobs"],
-            teacher_logprobs=b["teacher_logprobs"],
-            teacher_entropy=b["teacher_entropy"],
-            teacher_topk_ids=b["teacher_topk_ids"],
-            teacher_topk_logprobs=b["teacher_topk_logprobs"],
+            teacher_logprobs=b.get("teacher_logprobs"),  # absent for GRPO rollouts
+            teacher_entropy=b.get("teacher_entropy"),
+            teacher_topk_ids=b.get("teacher_topk_ids"),
+            teacher_topk_logprobs=b.get("teacher_topk_logprobs"),
             variant=opts["variant"],
             tau=opts["tau"],
             clip_eps=opts["clip_eps"],
@@ -226,7 +245,7 @@ class LearnerWorker:
         self,
         b: dict[str, torch.Tensor],
         i: int,
-        logits: torch.Tensor,
+        logits: torch.Tensor | LogitsFn,
         metrics: dict[str, float],
         normalizer: float,
         opts: dict[str, Any],
@@ -249,7 +268,8 @@ class LearnerWorker:
         if i == 0:  # sampler vs learner at equal versions, iteration-start weights
             same = response & (b["versions"] == version)
             if same.any():
-                logp = token_logprobs(logits.detach(), b["tokens"], chunk)
+                # no grad; a LogitsFn runs the output layer once more, over N positions
+                logp = token_logprobs(logits, b["tokens"], chunk)
                 diff = (logp - b["behaviour_logprobs"]).abs()[same]
                 mismatch = tally.mismatch
                 mismatch[0] += diff.sum().item()
@@ -278,8 +298,6 @@ class LearnerWorker:
     # -- weights and checkpoints ------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         """The full CPU weights on rank 0, ``None`` on the others (gathered under ZeRO-3)."""
-        from eopd_ray.learners.engine import full_state_dict
-
         return full_state_dict(self.engine, self.rank, self.zero_stage)
 
     def save(self, folder: Path, version: int) -> dict[str, Any]:

@@ -218,6 +218,7 @@ def test_one_worker_matches_direct_computation(group1, batch, reference, initial
     group, initial_ckpt = group1
     assert group.load_checkpoint(initial_ckpt) == 0 and group.version == 0
     assert group.startup_info["deepspeed_init_s"] > 0
+    assert group.startup_info["ranks"][0]["num_threads"] == 1  # learner.num_cpus_per_worker
     sd0 = group.state_dict()
     assert max_diff(sd0, initial) == 0.0  # state_dict round trip
 

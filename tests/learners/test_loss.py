@@ -459,6 +459,34 @@ def test_non_contiguous_logits() -> None:
     assert (padded.grad[:, -1] == 0).all()
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_logits_fn_is_the_logits_tensor_it_makes(variant: str) -> None:
+    """``student_logits`` as a LogitsFn over the B*T flat positions (the learner's form): the
+    same loss, metrics and gradient as the tensor, and it is only called for chunks."""
+    case = random_case(8, B=3, T=5, V=7)
+
+    def kw() -> dict[str, Any]:  # a fresh generator for random_fkl each time
+        return {"variant": variant, "chunk_size": 4, **variant_kwargs(variant, 3, 5)}
+
+    want_loss, want_grad = grad_of(case, **kw())
+    _, want_metrics = run(case, **kw())
+    logits = case["student_logits"].detach().clone().requires_grad_(True)
+    calls: list[tuple[int, int]] = []
+
+    def logits_fn(start: int, end: int) -> torch.Tensor:
+        calls.append((start, end))
+        return logits.view(15, 7)[start:end] * 1.0  # a new tensor per chunk, as a layer makes
+
+    loss, metrics = run({**case, "student_logits": logits_fn}, **kw())
+    loss.backward()
+    assert_close(loss.detach(), want_loss, rtol=1e-12, atol=1e-12)
+    assert_close(logits.grad, want_grad, rtol=1e-12, atol=1e-12)
+    assert metrics == pytest.approx(want_metrics, rel=1e-12, abs=1e-12)
+    assert set(calls) == {(0, 4), (4, 8), (8, 12), (12, 15)}  # forward, then recomputed
+    with pytest.raises(ValueError, match=r"tokens must be \[B, T\], got \(15,\)"):
+        run({**case, "student_logits": logits_fn, "tokens": case["tokens"].view(15)}, **kw())
+
+
 def test_bf16_logits() -> None:
     case = random_case(6, B=2, T=4, V=9)
     bf = case["student_logits"].to(torch.bfloat16)
