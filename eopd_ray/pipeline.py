@@ -1,9 +1,12 @@
-"""RolloutPipeline: prompts -> sampler pool -> teacher -> buffer, with admission control.
+"""RolloutPipeline: prompts -> sampler pool -> scorer -> buffer, with admission control.
 
-Each chunk of prompts is submitted to the sampler pool and, at once, chained to a Ray task that
-sends every finished rollout to the teacher deployment. Ray resolves the chain by itself, so
-sampling and teacher scoring go on while the driver is blocked in the learner's step: that
-overlap is what ``max_staleness`` > 0 buys.
+Each chunk of prompts is submitted to the sampler pool and, at once, chained to the scoring stage
+(``roles.RolloutScorer``): the teacher (``TeacherService.chain``, a Ray task sending every
+finished rollout to the teacher deployment) or, for GRPO, a reward worker (``RewardScorer.chain``,
+math-verify rewards and group-relative advantages). Ray resolves the chain by itself, so sampling
+and scoring go on while the driver is blocked in the learner's step: that overlap is what
+``max_staleness`` > 0 buys. A chunk holds whole prompt groups (every sample of its prompts), which
+group-relative advantages need.
 
 Admission control (docs/design.md §2): at learner version ``v`` at most ``(η + 1) · batch_prompts``
 prompt groups are admitted (in flight or buffered). The learner consumes ``batch_prompts`` per
@@ -26,20 +29,8 @@ from typing import Any
 
 from eopd_ray.buffer import RolloutBuffer
 from eopd_ray.config import PipelineConfig, RolloutConfig
-from eopd_ray.roles import RolloutSamplers, ScoringTeacher
-from eopd_ray.rollout import Request, Rollout, ScoredRollout
-
-
-def _score_rollouts(rollouts: list[Rollout], teacher_handle: Any) -> list[ScoredRollout]:
-    """Ray task body: score a chunk's rollouts on the teacher (requests batched by Serve)."""
-    started = time.perf_counter()
-    responses = [teacher_handle.remote(r.prompt_ids, r.response_ids) for r in rollouts]
-    scores = [response.result() for response in responses]
-    seconds = time.perf_counter() - started
-    return [
-        ScoredRollout(r, s, {"teacher_s": seconds / max(len(rollouts), 1)})
-        for r, s in zip(rollouts, scores, strict=True)
-    ]
+from eopd_ray.roles import RolloutSamplers, RolloutScorer
+from eopd_ray.rollout import Request, ScoredRollout
 
 
 @dataclass
@@ -49,45 +40,36 @@ class _Chunk:
     group_ids: list[int]  # one admission id per request (``Rollout.group_id``)
     submitted_at: float
     admitted_version: int  # samplers' weights version when submitted: due at version + η
-    teacher_tries: int = 1  # scoring attempts; a teacher failure re-scores the same rollouts
-
-
-# Failures of the teacher's replicas (killed, restarting) rather than of its code: the chunk's
-# rollouts are scored again, up to ``max_teacher_tries`` times.
-_TEACHER_UNAVAILABLE = ("RayActorError", "ActorDiedError", "ActorUnavailableError",
-                        "DeploymentUnavailableError", "BackPressureError")  # fmt: skip
+    scoring_tries: int = 1  # a scorer replica that was gone re-scores the same rollouts
 
 
 class RolloutPipeline:
-    """Keeps samplers and teacher busy within the staleness bound; hands out fresh batches."""
+    """Keeps samplers and scorer busy within the staleness bound; hands out fresh batches."""
 
     def __init__(
         self,
         requests: Callable[[int], list[Request]],  # the next n prompts, fewer at the end
         samplers: RolloutSamplers,  # SamplerPool
-        teacher: ScoringTeacher,  # TeacherService
+        scorer: RolloutScorer,  # TeacherService, or RewardScorer (GRPO)
         rollout: RolloutConfig,
         pipeline: PipelineConfig,
         *,
         seed: int = 0,
         chunks_per_batch: int = 2,
-        max_teacher_tries: int = 3,
+        max_scoring_tries: int = 3,
     ) -> None:
-        import ray
-
         self._next_requests = requests
         self.samplers = samplers
-        self.teacher = teacher
+        self.scorer = scorer
         self.rollout = rollout
         self.config = pipeline
         self.seed = seed
         self.buffer = RolloutBuffer(pipeline.max_staleness, rollout.samples_per_prompt)
         self._chunk_prompts = max(1, rollout.batch_prompts // max(1, chunks_per_batch))
-        self._score = ray.remote(num_cpus=0, max_retries=0)(_score_rollouts)
         self._in_flight: dict[Any, _Chunk] = {}  # scoring ref -> chunk
         self._resample: deque[Request] = deque()
         self.exhausted = False
-        self.max_teacher_tries = max_teacher_tries
+        self.max_scoring_tries = max_scoring_tries
         self._next_group_id = 0
         self.counters: Counter[str] = Counter()  # cumulative: restored on resume
 
@@ -134,12 +116,12 @@ class RolloutPipeline:
             self._chain(chunk)
 
     def _chain(self, chunk: _Chunk) -> None:
-        """Score ``chunk``'s rollouts on the teacher as soon as the sampler has them."""
-        self._in_flight[self._score.remote(chunk.sampler_ref, self.teacher.handle)] = chunk
+        """Score ``chunk``'s rollouts as soon as the sampler has them."""
+        self._in_flight[self.scorer.chain(chunk.sampler_ref)] = chunk
 
     # ------------------------------------------------------------------ consumption
     def _collect(self, timeout_s: float) -> None:
-        """Move finished chunks into the buffer; re-run chunks whose sampler or teacher died."""
+        """Move finished chunks into the buffer; re-run chunks whose sampler or scorer died."""
         import ray
 
         if not self._in_flight:
@@ -157,23 +139,18 @@ class RolloutPipeline:
                 self.buffer.put(s)
 
     def _retry(self, chunk: _Chunk, exc: BaseException) -> None:
-        """A dead sampler: generate the chunk again (the pool's budget); a teacher replica that
-        died or is unavailable: score the same rollouts again (this budget); else raise."""
-        from eopd_ray.errors import root_cause
-
+        """A dead sampler: generate the chunk again (the pool's budget); a scorer replica or
+        worker that died or is unavailable: score the same rollouts again (this budget, charged
+        to the scorer's counter, e.g. ``teacher_retries``); else raise."""
         if _sampler_died(chunk.sampler_ref):
             self.counters["sampler_restarts"] += 1
             chunk.sampler_ref = self.samplers.resubmit(chunk.sampler_ref)
             self._chain(chunk)
             return
-        cause, _ = root_cause(exc)
-        unavailable = type(exc).__name__ in _TEACHER_UNAVAILABLE or (
-            type(cause).__name__ in _TEACHER_UNAVAILABLE
-        )
-        if not unavailable or chunk.teacher_tries >= self.max_teacher_tries:
+        if not self.scorer.retryable(exc) or chunk.scoring_tries >= self.max_scoring_tries:
             raise exc
-        self.counters["teacher_retries"] += 1
-        chunk.teacher_tries += 1
+        self.counters[self.scorer.retry_counter] += 1
+        chunk.scoring_tries += 1
         self._chain(chunk)
 
     def _stamp(self, chunk: _Chunk, scored: list[ScoredRollout]) -> list[ScoredRollout]:
@@ -255,7 +232,10 @@ class RolloutPipeline:
             with contextlib.suppress(Exception):
                 ray.get(ref)
         for ref in pending:
-            ray.cancel(ref, force=True)
+            try:
+                ray.cancel(ref, force=True)
+            except ValueError:  # an actor's task (reward worker): Ray cancels those unforced only
+                ray.cancel(ref, force=False)
 
     def reset(self) -> None:
         """Forget every admitted prompt (in flight, buffered, queued for re-sampling): after the
@@ -311,24 +291,19 @@ class RolloutPipeline:
         stats.staleness = Counter({int(k): v for k, v in buffer.get("staleness", {}).items()})
 
     def metrics(self) -> dict[str, float]:
+        counters = (*_COUNTERS, self.scorer.retry_counter)  # teacher_retries or reward_retries
         return {
             **self.buffer.stats.as_metrics(),
             "pipeline/in_flight_groups": float(self.in_flight_groups()),
-            **{f"pipeline/{key}": float(self.counters[key]) for key in _COUNTERS},
+            **{f"pipeline/{key}": float(self.counters[key]) for key in counters},
         }
 
 
-_COUNTERS = (
-    "stale_dropped",
-    "stale_resampled",
-    "sampler_restarts",
-    "teacher_retries",
-    "learner_restarts",
-)
+_COUNTERS = ("stale_dropped", "stale_resampled", "sampler_restarts", "learner_restarts")
 
 
 def _sampler_died(sampler_ref: Any) -> bool:
-    """Whether a chunk's sampler call failed because its actor died (not a teacher error)."""
+    """Whether a chunk's sampler call failed because its actor died (not a scorer error)."""
     import ray
 
     try:

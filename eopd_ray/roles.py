@@ -1,8 +1,9 @@
 """What the rollout pipeline and the train loop need of each running role, as typing Protocols.
 
 The roles are Ray actors and deployments behind driver-side objects: the sampler pool
-(``eopd_ray/actors/sampler_pool.py``: ``SamplerPool``), the teacher service
-(``eopd_ray/actors/teacher_service.py``: ``TeacherService``) and the learner group
+(``eopd_ray/actors/sampler_pool.py``: ``SamplerPool``), the scoring stage, which is the teacher
+service (``eopd_ray/actors/teacher_service.py``: ``TeacherService``) or, for GRPO, the reward
+pool (``eopd_ray/actors/reward.py``: ``RewardScorer``), and the learner group
 (``eopd_ray/learners/learner_group.py``: ``LearnerGroup``). Each Protocol lists exactly the
 methods and attributes that ``RolloutPipeline`` (``eopd_ray/pipeline.py``) or the train loop
 (``eopd_ray/train.py``) use, so another implementation (a test double, another engine) knows what
@@ -70,19 +71,40 @@ class SamplerRole(RolloutSamplers, Protocol):
     def shutdown(self) -> None: ...
 
 
-class ScoringTeacher(Protocol):
-    """The teacher as ``RolloutPipeline`` uses it: a Serve handle scoring one rollout a call."""
+class RolloutScorer(Protocol):
+    """The scoring stage as ``RolloutPipeline`` uses it: a chunk's rollouts -> scored rollouts.
+
+    ``chain`` returns at once: Ray runs the scoring as soon as the sampler's result exists, so it
+    overlaps the learner's step without the driver. A failed chain is run again (same rollouts)
+    when ``retryable`` says the scorer's replica or worker was gone, charged to the pipeline
+    counter ``retry_counter``; any other failure is raised."""
+
+    retry_counter: str  # e.g. "teacher_retries"
+
+    def chain(self, rollouts_ref: Any) -> Any:
+        """For an ``ObjectRef`` of ``list[Rollout]`` (one chunk, whole prompt groups in request
+        order): an ``ObjectRef`` of ``list[ScoredRollout]``, in the same order."""
+        ...
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by ``ray.get`` of a ``chain`` ref) is the scorer's replica or
+        worker being unavailable rather than an error of its code or input."""
+        ...
+
+
+class ScorerRole(RolloutScorer, Protocol):
+    """The scoring stage as the train loop holds it: GRPO's reward pool (the teacher, which is
+    more, is a :class:`TeacherRole`)."""
+
+    def shutdown(self) -> None: ...
+
+
+class TeacherRole(ScorerRole, Protocol):
+    """The teacher as the train loop uses it."""
 
     # ``handle.remote(prompt_ids, response_ids)`` -> DeploymentResponse of TeacherScores
     handle: DeploymentHandle
-
-
-class TeacherRole(ScoringTeacher, Protocol):
-    """The teacher as the train loop uses it."""
-
     app_name: str  # the Serve application, for its replica count
-
-    def shutdown(self) -> None: ...
 
 
 class LearnerRole(Protocol):

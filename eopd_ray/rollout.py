@@ -1,4 +1,5 @@
-"""The records that flow through the pipeline: sampler -> teacher -> buffer -> learner.
+"""The records that flow through the pipeline: sampler -> scorer (teacher or rewards) -> buffer ->
+learner.
 
 Plain dataclasses of lists / numpy arrays so they pickle cheaply through Ray's object store.
 """
@@ -51,5 +52,6 @@ class TeacherScores:
 @dataclass
 class ScoredRollout:
     rollout: Rollout
-    teacher: TeacherScores
-    stats: dict[str, float] = field(default_factory=dict)  # timings etc. for the logs
+    teacher: TeacherScores | None  # None for GRPO: no teacher, a reward instead
+    # timings for the logs; GRPO: "reward" (0/1) and "advantage" (group-relative, the loss's Â)
+    stats: dict[str, float] = field(default_factory=dict)

@@ -1,7 +1,10 @@
 """The teacher's driver-side client: deploy :class:`TeacherDeployment`, score rollouts, shut down.
 
 :class:`TeacherService` is what the rollout pipeline and the train loop hold as the teacher
-(``eopd_ray/roles.py``); the deployment itself is ``eopd_ray/actors/teacher_deployment.py``.
+(``eopd_ray/roles.py``): the pipeline's scoring stage (``chain``: a Ray task,
+:func:`_score_rollouts`, sends every rollout of a sampler's chunk to the deployment once the chunk
+exists) and the handle for single requests. The deployment itself is
+``eopd_ray/actors/teacher_deployment.py``.
 """
 
 from __future__ import annotations
@@ -10,18 +13,40 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import ray
 from ray import serve
 
 from eopd_ray.actors.teacher_deployment import TeacherDeployment, deployment_options
-from eopd_ray.rollout import Rollout, TeacherScores
+from eopd_ray.errors import root_cause
+from eopd_ray.rollout import Rollout, ScoredRollout, TeacherScores
 
 if TYPE_CHECKING:
-    import ray
     from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
     from eopd_ray.config import ModelConfig, TeacherServiceConfig
 
 __all__ = ["TeacherService"]
+
+# Failures of the teacher's replicas (killed, restarting) rather than of its code: the chunk's
+# rollouts are scored again (the pipeline bounds how often).
+_TEACHER_UNAVAILABLE = ("RayActorError", "ActorDiedError", "ActorUnavailableError",
+                        "DeploymentUnavailableError", "BackPressureError")  # fmt: skip
+
+
+def _score_rollouts(rollouts: list[Rollout], teacher_handle: Any) -> list[ScoredRollout]:
+    """Ray task body: score a chunk's rollouts on the teacher (requests batched by Serve)."""
+    started = time.perf_counter()
+    responses = [teacher_handle.remote(r.prompt_ids, r.response_ids) for r in rollouts]
+    scores = [response.result() for response in responses]
+    seconds = time.perf_counter() - started
+    return [
+        ScoredRollout(r, s, {"teacher_s": seconds / max(len(rollouts), 1)})
+        for r, s in zip(rollouts, scores, strict=True)
+    ]
+
+
+# No CPU of its own (it waits on the deployment); no Ray retries: the pipeline decides.
+_SCORE_TASK = ray.remote(num_cpus=0, max_retries=0)(_score_rollouts)
 
 
 class TeacherService:
@@ -35,6 +60,8 @@ class TeacherService:
     have free slots (``max_ongoing_requests`` = 2 x max_batch_size each), otherwise until one frees
     up, a natural back-pressure on the driver. :meth:`results` simply waits for many responses.
     """
+
+    retry_counter = "teacher_retries"
 
     def __init__(self, handle: DeploymentHandle, app_name: str, info: dict[str, Any]) -> None:
         self.handle = handle
@@ -75,6 +102,18 @@ class TeacherService:
         out = cls(handle.options(method_name="score", _by_reference=True), app_name, info)
         out.startup_s = time.perf_counter() - begin
         return out
+
+    def chain(self, rollouts_ref: ray.ObjectRef) -> ray.ObjectRef:
+        """The pipeline's scoring stage: an ObjectRef of the chunk's ``list[ScoredRollout]``."""
+        return _SCORE_TASK.remote(rollouts_ref, self.handle)
+
+    @staticmethod
+    def retryable(exc: BaseException) -> bool:
+        """Whether a failed :meth:`chain` met an unavailable replica (score again), not a bug."""
+        cause, _ = root_cause(exc)
+        return type(exc).__name__ in _TEACHER_UNAVAILABLE or (
+            type(cause).__name__ in _TEACHER_UNAVAILABLE
+        )
 
     def score_ids(
         self, prompt_ids: Sequence[int], response_ids: Sequence[int]

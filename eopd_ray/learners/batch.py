@@ -4,6 +4,8 @@ Alignment (shifted by one): ``input_ids = prompt + response`` is right-padded to
 model's ``logits[:, :-1]`` predict ``input_ids[:, 1:]``. Every per-token tensor therefore has
 ``L - 1`` positions, and response token ``i`` of a rollout with a ``P``-token prompt sits at
 position ``P - 1 + i``: there ``mask`` is true and the sampler's and the teacher's values go.
+GRPO rollouts carry no teacher scores (``ScoredRollout.teacher`` None): their batches have no
+teacher tensors at all, and an ``advantages`` tensor instead.
 
 Splits: a batch of rollouts is cut into ``n`` contiguous mini-batches (one optimizer step each,
 :func:`split_mini_batches`); each mini-batch is sharded over the data-parallel ranks, balancing
@@ -20,7 +22,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from eopd_ray.rollout import ScoredRollout
+from eopd_ray.rollout import ScoredRollout, TeacherScores
 
 __all__ = [
     "collate",
@@ -53,7 +55,9 @@ def _topk(teacher_ids: np.ndarray, teacher_lp: np.ndarray, k: int, n: int, where
     return ids, lp
 
 
-def collate(scored: Sequence[ScoredRollout], pad_id: int, *, top_k: int) -> dict[str, torch.Tensor]:
+def collate(
+    scored: Sequence[ScoredRollout], pad_id: int, *, top_k: int | None
+) -> dict[str, torch.Tensor]:
     """Pad ``scored`` into one causal-LM batch (see the module docstring for the alignment).
 
     Returns, with ``B = len(scored)`` and ``L`` the longest ``prompt + response``:
@@ -61,20 +65,28 @@ def collate(scored: Sequence[ScoredRollout], pad_id: int, *, top_k: int) -> dict
     - ``input_ids`` [B, L] long, right-padded with ``pad_id``; ``attention_mask`` [B, L] long.
     - ``tokens`` [B, L-1] long (``input_ids[:, 1:]``); ``mask`` [B, L-1] bool, true at response
       positions only.
-    - ``behaviour_logprobs``, ``teacher_logprobs``, ``teacher_entropy`` [B, L-1] float32;
-      ``teacher_topk_ids`` [B, L-1, k] long and ``teacher_topk_logprobs`` [B, L-1, k] float32
-      (the teacher's ``top_k`` most likely ids); 0 outside the mask.
+    - ``behaviour_logprobs`` [B, L-1] float32, 0 outside the mask.
+    - only when the rollouts carry teacher scores (all or none may: GRPO's do not) and ``top_k``
+      is given (None: the loss needs no teacher input): ``teacher_logprobs``,
+      ``teacher_entropy`` [B, L-1] float32; ``teacher_topk_ids`` [B, L-1, k] long and
+      ``teacher_topk_logprobs`` [B, L-1, k] float32 (the teacher's ``top_k`` most likely ids);
+      0 outside the mask.
     - ``versions`` [B, L-1] long, the policy version of each response token, -1 elsewhere.
     - ``advantages`` [B] float32, only when every rollout carries ``stats["advantage"]`` (GRPO).
     """
     if not scored:
         raise ValueError("collate needs at least one rollout")
-    if top_k < 1:
+    with_teacher = [s.teacher is not None for s in scored]
+    if any(with_teacher) and not all(with_teacher):
+        missing = with_teacher.count(False)
+        raise ValueError(f"{missing} of {len(scored)} rollouts lack teacher scores")
+    if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    k = top_k if all(with_teacher) else None
     L = max(max(_sequence_lengths(scored)), 2)
-    out = _empty_batch(len(scored), L, pad_id, top_k)
+    out = _empty_batch(len(scored), L, pad_id, k)
     for b, s in enumerate(scored):
-        _fill_row(out, b, s, top_k)
+        _fill_row(out, b, s, k)
     out["tokens"] = out["input_ids"][:, 1:].clone()
     if all("advantage" in s.stats for s in scored):
         advantages = [s.stats["advantage"] for s in scored]
@@ -99,66 +111,70 @@ def _sequence_lengths(scored: Sequence[ScoredRollout]) -> list[int]:
     return lengths
 
 
-def _empty_batch(B: int, L: int, pad_id: int, top_k: int) -> dict[str, torch.Tensor]:
-    """All of :func:`collate`'s tensors but ``tokens``, padded / zero / -1 (versions)."""
-    return {
+def _empty_batch(B: int, L: int, pad_id: int, top_k: int | None) -> dict[str, torch.Tensor]:
+    """All of :func:`collate`'s tensors but ``tokens``, padded / zero / -1 (versions); the
+    teacher's only with a ``top_k`` (None: rollouts without teacher scores)."""
+    out = {
         "input_ids": torch.full((B, L), pad_id, dtype=torch.long),
         "attention_mask": torch.zeros((B, L), dtype=torch.long),
         "mask": torch.zeros((B, L - 1), dtype=torch.bool),
         "behaviour_logprobs": torch.zeros((B, L - 1), dtype=torch.float32),
-        "teacher_logprobs": torch.zeros((B, L - 1), dtype=torch.float32),
-        "teacher_entropy": torch.zeros((B, L - 1), dtype=torch.float32),
-        "teacher_topk_ids": torch.zeros((B, L - 1, top_k), dtype=torch.long),
-        "teacher_topk_logprobs": torch.zeros((B, L - 1, top_k), dtype=torch.float32),
         "versions": torch.full((B, L - 1), -1, dtype=torch.long),
     }
+    if top_k is not None:
+        out |= {
+            "teacher_logprobs": torch.zeros((B, L - 1), dtype=torch.float32),
+            "teacher_entropy": torch.zeros((B, L - 1), dtype=torch.float32),
+            "teacher_topk_ids": torch.zeros((B, L - 1, top_k), dtype=torch.long),
+            "teacher_topk_logprobs": torch.zeros((B, L - 1, top_k), dtype=torch.float32),
+        }
+    return out
 
 
-def _fill_row(out: dict[str, torch.Tensor], b: int, s: ScoredRollout, top_k: int) -> None:
+def _fill_row(out: dict[str, torch.Tensor], b: int, s: ScoredRollout, top_k: int | None) -> None:
     """Write rollout ``s`` into row ``b`` of :func:`_empty_batch`'s tensors."""
-    r, te = s.rollout, s.teacher
+    r = s.rollout
     P, T = len(r.prompt_ids), len(r.response_ids)
-    where = f"rollout {b} (prompt {r.prompt_id})"
     out["input_ids"][b, :P] = torch.as_tensor(r.prompt_ids, dtype=torch.long)
     out["attention_mask"][b, : P + T] = 1
     if T == 0:
         return
-    for name, arr in (("logprobs", te.logprobs), ("entropy", te.entropy)):
-        if np.asarray(arr).shape != (T,):
-            raise ValueError(f"{where}: teacher {name} has shape {np.shape(arr)}, want ({T},)")
-    ids, lp = _topk(te.topk_ids, te.topk_logprobs, top_k, T, where)
     sl = slice(P - 1, P - 1 + T)
     out["input_ids"][b, P : P + T] = torch.as_tensor(r.response_ids, dtype=torch.long)
     out["mask"][b, sl] = True
     out["behaviour_logprobs"][b, sl] = torch.as_tensor(r.behaviour_logprobs, dtype=torch.float32)
+    out["versions"][b, sl] = torch.as_tensor(r.versions, dtype=torch.long)
+    if s.teacher is not None and top_k is not None:
+        _fill_teacher(out, b, sl, s.teacher, top_k, f"rollout {b} (prompt {r.prompt_id})")
+
+
+def _fill_teacher(
+    out: dict[str, torch.Tensor], b: int, sl: slice, te: TeacherScores, top_k: int, where: str
+) -> None:
+    """Write the teacher's scores of row ``b``'s ``T`` response tokens at positions ``sl``."""
+    T = sl.stop - sl.start
+    for name, arr in (("logprobs", te.logprobs), ("entropy", te.entropy)):
+        if np.asarray(arr).shape != (T,):
+            raise ValueError(f"{where}: teacher {name} has shape {np.shape(arr)}, want ({T},)")
+    ids, lp = _topk(te.topk_ids, te.topk_logprobs, top_k, T, where)
     out["teacher_logprobs"][b, sl] = torch.tensor(np.asarray(te.logprobs, dtype=np.float32))
     out["teacher_entropy"][b, sl] = torch.tensor(np.asarray(te.entropy, dtype=np.float32))
     out["teacher_topk_ids"][b, sl] = torch.tensor(ids, dtype=torch.long)
     out["teacher_topk_logprobs"][b, sl] = torch.tensor(lp, dtype=torch.float32)
-    out["versions"][b, sl] = torch.as_tensor(r.versions, dtype=torch.long)
 
 
-def dummy_batch(pad_id: int, *, top_k: int) -> dict[str, torch.Tensor]:
+def dummy_batch(pad_id: int, *, top_k: int | None) -> dict[str, torch.Tensor]:
     """A one-sequence batch with no response token (all-false ``mask``).
 
     A rank whose shard has fewer micro-batches than another rank's runs these, so that every rank
     does the same number of forward/backward passes (ZeRO's collectives must line up); its loss is
-    an exact zero with a graph, so it adds nothing to the gradient.
+    an exact zero with a graph, so it adds nothing to the gradient. ``top_k`` None: no teacher
+    tensors, the keys of a GRPO batch (whose ``advantages`` the loss's caller fills in).
     """
-    input_ids = torch.full((1, 2), pad_id, dtype=torch.long)
-    zeros = torch.zeros((1, 1), dtype=torch.float32)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": torch.ones((1, 2), dtype=torch.long),
-        "tokens": input_ids[:, 1:].clone(),
-        "mask": torch.zeros((1, 1), dtype=torch.bool),
-        "behaviour_logprobs": zeros,
-        "teacher_logprobs": zeros.clone(),
-        "teacher_entropy": zeros.clone(),
-        "teacher_topk_ids": torch.zeros((1, 1, top_k), dtype=torch.long),
-        "teacher_topk_logprobs": torch.zeros((1, 1, top_k), dtype=torch.float32),
-        "versions": torch.full((1, 1), -1, dtype=torch.long),
-    }
+    out = _empty_batch(1, 2, pad_id, top_k)
+    out["attention_mask"][:] = 1
+    out["tokens"] = out["input_ids"][:, 1:].clone()
+    return out
 
 
 def split_mini_batches(rollouts: Sequence[T], n: int) -> list[list[T]]:

@@ -104,6 +104,39 @@ def test_dummy_batch_has_no_response_token() -> None:
     assert d["input_ids"].shape == (1, 2) and not d["mask"].any()
     assert d["teacher_topk_ids"].shape == (1, 1, 4)
     assert set(d) == set(collate([scored([1], [2])], PAD, top_k=2))
+    # GRPO: the keys of a batch without teacher scores (advantages come from the caller)
+    plain = scored([1], [2], stats={"advantage": 1.0})
+    plain.teacher = None
+    assert set(dummy_batch(PAD, top_k=None)) == set(collate([plain], PAD, top_k=None)) - {
+        "advantages"
+    }
+
+
+def test_collate_without_teacher_scores_grpo() -> None:
+    # GRPO rollouts: no teacher tensors at all, the advantages instead; the rest as with them
+    a = scored([5, 6], [7, 8, 9], stats={"advantage": 1.5, "reward": 1.0})
+    b = scored([11, 12, 13], [14], version=1, stats={"advantage": -1.5, "reward": 0.0})
+    with_teacher = collate([a, b], PAD, top_k=2)
+    a.teacher = b.teacher = None
+    out = collate([a, b], PAD, top_k=None)
+    assert not any(key.startswith("teacher_") for key in out)
+    assert set(with_teacher) - set(out) == {
+        "teacher_logprobs",
+        "teacher_entropy",
+        "teacher_topk_ids",
+        "teacher_topk_logprobs",
+    }
+    for key in out:
+        assert torch.equal(out[key], with_teacher[key]), key
+    assert out["advantages"].tolist() == [1.5, -1.5]
+    assert out["behaviour_logprobs"].tolist() == [[0, -1, -2, -3], [0, 0, -1, 0]]
+    c = scored([1], [2])  # one rollout with teacher scores among ones without: refused
+    with pytest.raises(ValueError, match="2 of 3 rollouts lack teacher scores"):
+        collate([a, c, b], PAD, top_k=2)
+    # top_k None: the loss needs no teacher input, so none is collated even if it was scored
+    assert set(collate([c], PAD, top_k=None)) == set(out) - {"advantages"}
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        collate([c], PAD, top_k=0)
 
 
 def test_split_mini_batches_is_contiguous_and_balanced() -> None:
