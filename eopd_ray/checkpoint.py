@@ -162,7 +162,8 @@ def restore_data(roles: Roles, folder: Path | None) -> int:
     """Point samplers, prompt stream and pipeline at ``folder``'s state (None: the start); the
     learner already holds its weights. Returns the checkpoint's iteration."""
     state = json.loads((folder / STATE).read_text()) if folder else _INITIAL
-    roles.samplers.push_weights(roles.learner.state_dict(), roles.learner.version)
+    if roles.samplers.needs_weights:  # kd's replayed responses need none
+        roles.samplers.push_weights(roles.learner.state_dict(), roles.learner.version)
     roles.stream.position = state["prompt_position"]
     by_id = {request[0]: request for request in roles.stream.rows}
     roles.pipeline.requeue([by_id[pid] for pid in state["pending_prompts"]])

@@ -71,10 +71,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides, base_dir=Path.cwd())
     summary = train(config, address=args.address, progress=not args.no_progress)
     last = summary["last"]
+    # grpo has no teacher to measure a KL against: its reward instead
+    grpo = summary["variant"] == "grpo"
+    name, key = ("reward", "reward/mean") if grpo else ("reverse KL", "train/reverse_kl")
     print(
         f"done: {summary['iterations']} iterations, checkpoint "
         f"{_shown(summary['final_checkpoint'])}, "
-        f"reverse KL {last['train/reverse_kl']}, accuracy {last['rollout/accuracy']}"
+        f"{name} {last[key]}, accuracy {last['rollout/accuracy']}"
     )
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 ROLES: dict[str, str] = {
     "_score_rollouts": "teacher scoring",
     "TeacherDeployment": "teacher",
+    "RewardWorker": "reward",
     "SamplerActor": "sampler",
     "LearnerWorker": "learner",
     "EvalActor": "evaluator",

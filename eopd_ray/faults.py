@@ -63,7 +63,8 @@ def recover_learner(
     version = roles.learner.restart(folder)
     roles.pipeline.reset()  # in flight / buffered: newer than the restored policy
     # Data counters go back with the data; faults happened and stay counted.
-    faults = {k: roles.pipeline.counters[k] for k in ("sampler_restarts", "teacher_retries")}
+    kinds = ("sampler_restarts", "teacher_retries", "reward_retries")
+    faults = {k: roles.pipeline.counters[k] for k in kinds}
     iteration = restore_data(roles, folder)
     for key, count in {**faults, "learner_restarts": restarts}.items():
         roles.pipeline.counters[key] = count

@@ -192,6 +192,9 @@ class RolloutPipeline:
                     break
                 continue
             self._wait(started, timeout_s)
+        # admission order, not arrival order: chunks finish in a timing-dependent order, and the
+        # mini-batch split must not depend on it (a seeded eta = 0 run trains the same batches)
+        batch.sort(key=lambda s: (s.rollout.group_id, s.rollout.sample_index))
         return batch, time.perf_counter() - started
 
     def _due_in_flight(self, learner_version: int) -> bool:

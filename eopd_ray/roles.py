@@ -60,6 +60,10 @@ class RolloutSamplers(Protocol):
 class SamplerRole(RolloutSamplers, Protocol):
     """The sampler pool as the train loop uses it, besides handing it to the pipeline."""
 
+    # False: the rollouts do not depend on the student (kd replays the teacher's responses), so
+    # the loop neither gathers nor pushes weights.
+    needs_weights: bool
+
     def push_weights(self, weights: Any, version: int) -> dict[str, Any]:
         """Send new weights to every sampler and wait; the timings (``seconds`` at least)."""
         ...

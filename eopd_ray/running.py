@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from eopd_ray.autoscale import SamplerScaler
-    from eopd_ray.roles import LearnerRole, SamplerRole, TeacherRole
+    from eopd_ray.roles import LearnerRole, SamplerRole, ScorerRole, TeacherRole
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Roles:
     """The running parts of a job (all Ray actors / deployments; see ``eopd_ray/roles.py``)."""
 
     samplers: SamplerRole  # SamplerPool
-    teacher: TeacherRole  # TeacherService
+    teacher: TeacherRole | None  # TeacherService; None for grpo, which learns from rewards
     learner: LearnerRole  # LearnerGroup
     pipeline: RolloutPipeline
     stream: PromptStream
@@ -37,3 +37,4 @@ class Roles:
     # Rollout grading in a killable child process (eval/scoring.py): one pathological answer
     # costs seconds and counts as wrong, it cannot hang the driver.
     verifier: Verifier = field(default_factory=lambda: Verifier(timeout_s=5.0))
+    rewards: ScorerRole | None = None  # grpo: RewardScorer, the pipeline's scorer

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from eopd_ray.checkpoint import resume, save_checkpoint
 from eopd_ray.config import RunConfig
-from eopd_ray.config_io import dump_config
+from eopd_ray.config_io import ConfigError, dump_config
 from eopd_ray.data.prompts import PromptStream, load_prompts
 from eopd_ray.faults import check_finite, recover_learner
 from eopd_ray.learners.worker_group import LearnerGroupError
@@ -33,7 +33,10 @@ from eopd_ray.rollout import Request, ScoredRollout
 from eopd_ray.running import Roles
 
 if TYPE_CHECKING:
-    from eopd_ray.roles import SamplerRole
+    from eopd_ray.roles import SamplerRole, ScorerRole, TeacherRole
+
+# Rows skipped under loss.variant grpo: no reward without a gold answer.
+NO_GOLD_ANSWER = "no gold answer (grpo)"
 
 
 def train(config: RunConfig, address: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -86,7 +89,8 @@ def autoscale(config: RunConfig, roles: Roles, metrics: dict[str, float]) -> dic
     out: dict[str, float] = {}
     if roles.scaler is not None:
         out |= roles.scaler.step(metrics)
-    if config.teacher_service.min_replicas < config.teacher_service.max_replicas:
+    service = config.teacher_service
+    if roles.teacher is not None and service.min_replicas < service.max_replicas:
         from eopd_ray.autoscale import serve_replicas
 
         out["autoscale/teacher_replicas"] = serve_replicas(roles.teacher.app_name)
@@ -97,7 +101,7 @@ def autoscale(config: RunConfig, roles: Roles, metrics: dict[str, float]) -> dic
 class Inputs:
     """What a run reads before any role starts: the shared vocabulary, tokenizer and prompts."""
 
-    scoring_vocab_size: int
+    scoring_vocab_size: int | None  # None without a teacher (grpo)
     tokenizer: Any
     stream: PromptStream
     skipped: Counter[str]
@@ -107,28 +111,25 @@ def prepare_inputs(config: RunConfig) -> Inputs:
     """Check that teacher and student share a vocabulary, then load and render the prompts."""
     from transformers import AutoTokenizer
 
-    from eopd_ray.actors.teacher import check_shared_vocabulary
+    vocab_size = None
+    if config.teacher is not None and config.uses_teacher:
+        from eopd_ray.actors.teacher import check_shared_vocabulary
 
-    vocab = check_shared_vocabulary(config.teacher.path, config.student.path)
+        vocab = check_shared_vocabulary(config.teacher.path, config.student.path)
+        vocab_size = vocab.scoring_vocab_size
     tokenizer = AutoTokenizer.from_pretrained(config.student.path)
     requests, skipped = render_requests(config, tokenizer)
     stream = PromptStream(requests, config.data.epochs, config.seed)  # type: ignore[arg-type]
-    return Inputs(vocab.scoring_vocab_size, tokenizer, stream, skipped)
+    return Inputs(vocab_size, tokenizer, stream, skipped)
 
 
 def start_roles(config: RunConfig, inputs: Inputs, responses: Path | None = None) -> Roles:
-    """Start teacher, samplers (kd: the teacher's ``responses`` replayed) and learners."""
-    from eopd_ray.actors.teacher_service import TeacherService
+    """Start the scorer (the teacher, or grpo's reward workers), samplers (kd: the teacher's
+    ``responses`` replayed) and learners."""
     from eopd_ray.learners.learner_group import LearnerGroup
 
     stream, tokenizer, skipped = inputs.stream, inputs.tokenizer, inputs.skipped
-    teacher = TeacherService.start(
-        config.teacher,
-        config.teacher_service,
-        config.loss.top_k,
-        vocab_limit=inputs.scoring_vocab_size,
-        fp32_head=config.teacher_service.fp32_head,
-    )
+    teacher, rewards = start_scorer(config, inputs)
     # the replay reads the learner's version when rollouts are submitted, after it is bound below
     samplers = start_samplers(config, responses, lambda: learner.version)
     learner = LearnerGroup.from_config(
@@ -136,14 +137,35 @@ def start_roles(config: RunConfig, inputs: Inputs, responses: Path | None = None
         total_steps=total_iterations(config, stream) * mini_batches(config),
     )
     pipeline = RolloutPipeline(
-        stream.take, samplers, teacher, config.rollout, config.pipeline, seed=config.seed
+        stream.take, samplers, teacher or rewards, config.rollout, config.pipeline, seed=config.seed
     )
     scaler = None
     if responses is None and len(set(config.sampler.actor_range)) > 1:
         from eopd_ray.autoscale import SamplerScaler
 
         scaler = SamplerScaler(samplers, config.sampler)
-    return Roles(samplers, teacher, learner, pipeline, stream, tokenizer, skipped, scaler)
+    return Roles(
+        samplers, teacher, learner, pipeline, stream, tokenizer, skipped, scaler, rewards=rewards
+    )
+
+
+def start_scorer(config: RunConfig, inputs: Inputs) -> tuple[TeacherRole | None, ScorerRole | None]:
+    """(the teacher, None), or for grpo (None, the reward workers): grpo starts no teacher."""
+    if not config.uses_teacher:
+        from eopd_ray.actors.reward import RewardScorer
+
+        return None, RewardScorer.start(config)
+    from eopd_ray.actors.teacher_service import TeacherService
+
+    assert config.teacher is not None
+    teacher = TeacherService.start(
+        config.teacher,
+        config.teacher_service,
+        config.loss.top_k,
+        vocab_limit=inputs.scoring_vocab_size,
+        fp32_head=config.teacher_service.fp32_head,
+    )
+    return teacher, None
 
 
 def kd_responses(config: RunConfig, inputs: Inputs, progress: bool) -> Path | None:
@@ -175,7 +197,7 @@ def start_samplers(
 def publish_weights(roles: Roles, version: int) -> dict[str, Any]:
     """Push the learner's new weights to the samplers; timings (``seconds``, ``actors``). Samplers
     that replay fixed responses (kd) need none, so the weights are not even gathered."""
-    if not getattr(roles.samplers, "needs_weights", True):
+    if not roles.samplers.needs_weights:
         return {"seconds": 0.0, "actors": []}
     return roles.samplers.push_weights(roles.learner.state_dict(), version)
 
@@ -188,8 +210,17 @@ def render_requests(config: RunConfig, tokenizer: Any) -> tuple[list[Request], C
     if prompts.skipped:
         print(f"eopd-ray: warning: data.train: {prompts.describe_skips()}")
     skipped = Counter(prompts.skipped)
+    rewards = not config.uses_teacher  # grpo: a reward needs the row's gold answer
+    if rewards and prompts.rows and all(row.answer is None for row in prompts.rows):
+        raise ConfigError(
+            f"data.train: no row of {config.data.train} has the {config.data.answer_field!r} "
+            "field: loss.variant grpo needs gold answers for its reward"
+        )
     requests: list[Request] = []
     for row in prompts.rows:
+        if rewards and row.answer is None:
+            skipped[NO_GOLD_ANSWER] += 1
+            continue
         try:
             ids = render_prompt(
                 tokenizer,
@@ -229,10 +260,13 @@ def iteration_metrics(
     wall = time.perf_counter() - started
     lengths = [len(s.rollout) for s in batch]
     graded = [s for s in batch if s.rollout.answer is not None]
-    verdicts = roles.verifier.check_many(
-        [(roles.tokenizer.decode(s.rollout.response_ids), s.rollout.answer or "") for s in graded]
-    )
-    correct = sum(v.correct for v in verdicts)
+    if roles.rewards is not None:  # grpo: the reward workers graded every rollout already
+        correct = sum(s.stats["reward"] for s in graded)
+    else:
+        pairs = [
+            (roles.tokenizer.decode(s.rollout.response_ids), s.rollout.answer or "") for s in graded
+        ]
+        correct = sum(v.correct for v in roles.verifier.check_many(pairs))
     tokens = train.get("num_tokens", float(sum(lengths)))
     sampler_s = sum(r.get("seconds", 0.0) for r in roles.samplers.pop_stats())
     metrics = {f"train/{k}": v for k, v in train.items()}
@@ -250,6 +284,10 @@ def iteration_metrics(
         "time/trained_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
         "version": float(roles.learner.version),
     }
+    if roles.rewards is not None:
+        from eopd_ray.actors.reward import reward_metrics
+
+        metrics |= reward_metrics(batch)
     return metrics | roles.pipeline.metrics()
 
 
@@ -259,6 +297,8 @@ def write_summary(out: Path, config: RunConfig, roles: Roles, final: Path) -> di
     rows = read_metrics(out / "metrics.jsonl")
     first, last = (rows[0], rows[-1]) if rows else ({}, {})
     keys = ["train/reverse_kl", "train/fkl_mean", "train/high_entropy_frac", "rollout/accuracy"]
+    if roles.rewards is not None:
+        keys += ["reward/mean", "reward/zero_variance_group_frac"]
     summary = {
         "name": config.name,
         "variant": config.loss.variant,
@@ -270,7 +310,12 @@ def write_summary(out: Path, config: RunConfig, roles: Roles, final: Path) -> di
         "skipped_prompts": dict(roles.skipped),
         **{
             k: last.get(k)
-            for k in ("buffer/stale", "pipeline/sampler_restarts", "pipeline/teacher_retries")
+            for k in (
+                "buffer/stale",
+                "pipeline/sampler_restarts",
+                "pipeline/teacher_retries",
+                "pipeline/reward_retries",
+            )
         },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -281,7 +326,8 @@ def stop_roles(roles: Roles) -> None:
     """Stop every actor; safe after Ctrl-C (checkpoints are already complete on disk)."""
     # samplers before the pipeline, whose in-flight chunks then fail fast; teacher last
     stops = (roles.learner.shutdown, roles.samplers.shutdown, roles.pipeline.close)
-    for stop in (*stops, roles.teacher.shutdown, roles.verifier.close):
+    scorer = roles.teacher if roles.teacher is not None else roles.rewards
+    for stop in (*stops, *([scorer.shutdown] if scorer else []), roles.verifier.close):
         try:
             stop()
         except Exception as exc:  # keep stopping the others

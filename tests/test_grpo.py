@@ -44,11 +44,17 @@ def test_rows_without_a_gold_answer_are_skipped_and_counted(
 
 
 def test_a_data_set_without_answers_is_refused_in_one_line(
-    tiny_models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_models: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import ray
-
     from eopd_ray.cli import main
+
+    def no_ray(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray was started before the data set was checked")
+
+    monkeypatch.setattr("eopd_ray.train.init_ray", no_ray)
 
     data = _jsonl(tmp_path / "train.jsonl", [{"problem": "1 + 1?"}, {"problem": "2 + 2?"}])
     overrides = [f"student.path={tiny_models[1]}", f"data.train={data}", f"output_dir={tmp_path}"]
@@ -58,7 +64,6 @@ def test_a_data_set_without_answers_is_refused_in_one_line(
         f"eopd-ray: error: data.train: no row of {data} has the 'answer' field: loss.variant "
         "grpo needs gold answers for its reward"
     ]
-    assert not ray.is_initialized()  # refused before Ray started
 
 
 # The pre-training of the shared fixture may run in this test's set-up (~15 min on CI).

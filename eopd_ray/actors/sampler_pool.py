@@ -43,6 +43,8 @@ class SamplerPool(PoolScaling, WeightPublisher):
       to re-queue), and calls ``forget(ref)`` after a success.
     """
 
+    needs_weights = True  # its engines sample the student: every new version is pushed
+
     def __init__(
         self,
         config: SamplerConfig,

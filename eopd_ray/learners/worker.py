@@ -139,7 +139,7 @@ class LearnerWorker:
     def train(self, shards: list[dict[str, Any]], opts: dict[str, Any]) -> dict[str, Any]:
         """Algorithm 1 on this rank's shards: one optimizer step per mini-batch."""
         t0 = time.perf_counter()
-        k = opts["top_k"]
+        k = None if opts["variant"] == "grpo" else opts["top_k"]  # grpo: no teacher tensors
         batches = [[self._tensors(m, k) for m in shard["micro"]] for shard in shards]
         proximal, prox_s = self._proximal_logprobs(batches, opts)
         self.engine.train()
@@ -161,8 +161,11 @@ class LearnerWorker:
             "proximal_time_s": prox_s,
         }
 
-    def _tensors(self, micro: list[ScoredRollout] | None, top_k: int) -> dict[str, torch.Tensor]:
-        """The micro-batch on the device, reduced to its response positions (``[1, N]``)."""
+    def _tensors(
+        self, micro: list[ScoredRollout] | None, top_k: int | None
+    ) -> dict[str, torch.Tensor]:
+        """The micro-batch on the device, reduced to its response positions (``[1, N]``);
+        ``top_k`` None: no teacher tensors (GRPO)."""
         pad = self.pad_id
         b = collate(micro, pad, top_k=top_k) if micro else dummy_batch(pad, top_k=top_k)
         return response_batch({key: v.to(self.device) for key, v in b.items()})
