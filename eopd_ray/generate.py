@@ -37,6 +37,7 @@ from eopd_ray.config_io import ConfigError
 if TYPE_CHECKING:  # numpy and the rest load when a command runs, not when the CLI is built
     import numpy as np
 
+    from eopd_ray.actors.sampler_pool import SamplerPool
     from eopd_ray.config import RunConfig
     from eopd_ray.rollout import Request, Rollout
 
@@ -264,7 +265,7 @@ def open_for_append(file: ResponseFile, settings: Mapping[str, Any]) -> BinaryIO
     return sink
 
 
-def _generate(config: RunConfig, missing: list[Request], sink: Any, progress: bool) -> None:
+def _generate(config: RunConfig, missing: list[Request], sink: BinaryIO, progress: bool) -> None:
     """Answer ``missing`` with the teacher's vLLM pool; one row per prompt as chunks finish."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
@@ -302,7 +303,7 @@ def _generate(config: RunConfig, missing: list[Request], sink: Any, progress: bo
         pool.shutdown()
 
 
-def _submit_all(pool: Any, config: RunConfig, requests: list[Request]) -> list[Any]:
+def _submit_all(pool: SamplerPool, config: RunConfig, requests: list[Request]) -> list[Any]:
     """Every request at once, one batch of prompts per ``submit`` (spread over the actors)."""
     r = config.rollout
     refs: list[Any] = []
