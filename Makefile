@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run toy test test-slow lint bench eval eval-bench
+.PHONY: setup run toy test test-slow lint bench eval eval-bench bench-peers
 setup:
 	bash scripts/setup.sh
 
@@ -18,7 +18,7 @@ test: setup
 	$(PY) -m pytest -m "not slow and not gpu and not cluster"
 
 test-slow: setup
-	$(PY) -m pytest -m "slow and not gpu and not cluster"
+	$(PY) -m pytest -m "slow and not gpu and not cluster" --durations=40
 
 lint: setup
 	$(VENV)/bin/ruff check eopd_ray tests benchmarks
@@ -35,3 +35,10 @@ eval: setup
 
 eval-bench: setup
 	$(PY) benchmarks/eval.py
+
+# eopd-ray against Hugging Face TRL's on-policy distillation on the tiny pair (benchmarks/peers.py);
+# installs the bench extra (TRL 1.16.0) into the venv first when it is missing.
+bench-peers: setup
+	$(PY) -c "import trl" 2>/dev/null || $(VENV)/bin/pip install -e '.[bench]'
+	$(VENV)/bin/eopd-ray tiny-models --out runs/tiny-models
+	$(PY) benchmarks/peers.py --pair tiny --with-start

@@ -27,7 +27,8 @@ class PoolScaling:
 
     _slots: list[Slot]
     _jobs: dict[Any, Job]
-    _weights: Any  # latest pushed weights: ObjectRef of a state dict, or a path
+    _weights: Any  # latest pushed: the learner (collective), an ObjectRef or a path
+    deliver: Callable[[int], None]
     _version: int
     _started: int  # actors ever started: the seed offset of the next one
     _start_actor: Callable[[int], Any]
@@ -52,12 +53,11 @@ class PoolScaling:
         import ray
 
         activated = 0
-        for slot in self._slots:
+        for index, slot in enumerate(self._slots):
             if slot.state != "starting" or not ray.wait([slot.ready_ref], timeout=0)[0]:
                 continue
             ray.get(slot.ready_ref)  # a failed start raises here, in the driver
-            if self._weights is not None:
-                ray.get(control(slot.actor, "update_weights").remote(self._weights, self._version))
+            self.deliver(index)  # the latest weights (eopd_ray/actors/weight_sync.py)
             slot.state, slot.ready_ref = "active", None
             activated += 1
         return activated

@@ -163,7 +163,7 @@ def restore_data(roles: Roles, folder: Path | None) -> int:
     learner already holds its weights. Returns the checkpoint's iteration."""
     state = json.loads((folder / STATE).read_text()) if folder else _INITIAL
     if roles.samplers.needs_weights:  # kd's replayed responses need none
-        roles.samplers.push_weights(roles.learner.state_dict(), roles.learner.version)
+        roles.samplers.push_weights(roles.learner, roles.learner.version)
     roles.stream.position = state["prompt_position"]
     by_id = {request[0]: request for request in roles.stream.rows}
     roles.pipeline.requeue([by_id[pid] for pid in state["pending_prompts"]])

@@ -210,9 +210,12 @@ class SamplerConfig(Section):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = True
-    # object_store: push tensors through Ray (single-process engines); disk: write safetensors
-    # to a shared folder and reload from there (works with multiprocess / multi-GPU engines).
-    weight_sync: Literal["object_store", "disk"] = "object_store"
+    # collective: learner rank 0 broadcasts to the engines' workers (gloo on CPU, NCCL on GPUs;
+    # eopd_ray/actors/weight_broadcast.py); object_store: the gathered state dict through Ray
+    # (single-process engines); disk: safetensors in a shared folder (fall-backs).
+    weight_sync: Literal["collective", "object_store", "disk"] = "collective"
+    weight_bucket_mb: int = Field(256, ge=1)  # collective: bytes per broadcast bucket
+    weight_sync_timeout_s: float = Field(120.0, gt=0.0)  # collective: bound of each operation
 
     @property
     def actor_range(self) -> tuple[int, int]:
@@ -297,6 +300,8 @@ class PipelineConfig(Section):
     checkpoint_every: int = Field(10, ge=1)
     # Complete checkpoints kept (the newest ones; the final one always); None: all of them.
     keep_checkpoints: int | None = Field(None, ge=1)
+    # output_dir/trace.json (every stage's spans, Perfetto) and timeline.png (eopd_ray/trace.py)
+    trace: bool = True
 
 
 class RewardConfig(Section):

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
     from ray.serve.handle import DeploymentHandle
 
+    from eopd_ray.actors.weight_broadcast import WeightGroup
+
 
 class RolloutSamplers(Protocol):
     """The sampler pool as ``RolloutPipeline`` uses it: asynchronous generation with replay."""
@@ -64,8 +66,10 @@ class SamplerRole(RolloutSamplers, Protocol):
     # the loop neither gathers nor pushes weights.
     needs_weights: bool
 
-    def push_weights(self, weights: Any, version: int) -> dict[str, Any]:
-        """Send new weights to every sampler and wait; the timings (``seconds`` at least)."""
+    def push_weights(self, weights: WeightSource | Any, version: int) -> dict[str, Any]:
+        """Send new weights to every sampler and wait; the timings (``seconds`` at least).
+        ``weights``: the learner (broadcast, or its state dict, per ``sampler.weight_sync``),
+        or a state dict / its ``ObjectRef`` / a safetensors folder."""
         ...
 
     def pop_stats(self) -> list[dict[str, float]]:
@@ -111,7 +115,31 @@ class TeacherRole(ScorerRole, Protocol):
     app_name: str  # the Serve application, for its replica count
 
 
-class LearnerRole(Protocol):
+class WeightSource(Protocol):
+    """Where the sampler pool gets the student's weights from: the learner group."""
+
+    def state_dict(self) -> Mapping[str, Any]:
+        """The full weights, in Hugging Face checkpoint names (object-store and disk sync)."""
+        ...
+
+    def weight_group(
+        self,
+        world_size: int,
+        backend: str,
+        timeout_s: float,
+        bucket_bytes: int,
+        reuse: WeightGroup | None = None,
+    ) -> WeightGroup:
+        """A broadcast group of the source's rank 0 and ``world_size - 1`` receivers (``reuse``
+        itself while the source still hosts it)."""
+        ...
+
+    def broadcast_weights(self, group: WeightGroup) -> dict[str, Any]:
+        """Send the weights to ``group`` (receivers already waiting); ``error`` if one failed."""
+        ...
+
+
+class LearnerRole(WeightSource, Protocol):
     """The learner group as the train loop uses it."""
 
     @property
@@ -121,10 +149,6 @@ class LearnerRole(Protocol):
 
     def train_batch(self, batch: Sequence[ScoredRollout], *, mini_batches: int) -> dict[str, float]:
         """One training iteration on ``batch``; its metrics."""
-        ...
-
-    def state_dict(self) -> Mapping[str, Any]:
-        """The full weights, in Hugging Face checkpoint names, for the samplers."""
         ...
 
     def save_checkpoint(self, folder: str | os.PathLike[str]) -> Path: ...

@@ -47,6 +47,8 @@ class TeacherScores:
     entropy: np.ndarray  # [T] float32, entropy of the teacher's full distribution (nats)
     topk_ids: np.ndarray  # [T, k] int64
     topk_logprobs: np.ndarray  # [T, k] float32, full-distribution log-probs (not renormalised)
+    # (replica, wall-clock start, end, requests) of the batched forward that scored it: the trace
+    forward_span: tuple[str, float, float, int] | None = None
 
 
 @dataclass

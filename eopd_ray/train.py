@@ -11,6 +11,7 @@ Re-running with the same ``output_dir`` resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -31,6 +32,8 @@ from eopd_ray.preflight import check_run_config
 from eopd_ray.ray_env import init_ray
 from eopd_ray.rollout import Request, ScoredRollout
 from eopd_ray.running import Roles
+from eopd_ray.timeline import draw_timeline
+from eopd_ray.trace import Span, Tracer, sampler_spans, teacher_spans
 
 if TYPE_CHECKING:
     from eopd_ray.roles import SamplerRole, ScorerRole, TeacherRole
@@ -48,21 +51,27 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
     init_ray(config.ray, address, config.sampler.kv_cache_gib)
     responses = kd_responses(config, inputs, progress)  # kd: the teacher's, generated once
     roles = start_roles(config, inputs, responses)
+    trace = Tracer(out / "trace.json" if config.pipeline.trace else None)
     try:
         it, version = resume(roles, out)
         iterations = total_iterations(config, roles.stream)
         log = MetricsLogger(out, iterations, start=it, bar=progress)
         while it < iterations:
-            t0 = time.perf_counter()
+            t0, wall0 = time.perf_counter(), time.time()
             roles.pipeline.fill()  # generate: admission-controlled, runs while we train
-            batch, wait_s = roles.pipeline.next_batch(version)  # score -> buffer -> fresh batch
+            with trace.scope("wait for batch", iteration=it):
+                batch, wait_s = roles.pipeline.next_batch(version)  # score -> buffer -> batch
             if not batch:
                 break
             try:
-                train_metrics = roles.learner.train_batch(batch, mini_batches=mini_batches(config))
+                with trace.scope("learner step", "learner", iteration=it):
+                    train_metrics = roles.learner.train_batch(
+                        batch, mini_batches=mini_batches(config)
+                    )
                 check_finite(config, roles, out, it)  # skipped steps in a row: stop
                 version = roles.learner.version
-                sync = publish_weights(roles, version)  # to the samplers (kd: none)
+                with trace.scope("publish weights", "weights", version=version):
+                    sync = publish_weights(roles, version)  # to the samplers (kd: none)
                 roles.pipeline.counters["sampler_restarts"] += sync["actors"].count(None)
             except LearnerGroupError as failure:  # a worker died: back to the newest checkpoint
                 it, version = recover_learner(config, roles, out, failure)
@@ -70,17 +79,37 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
                 continue
             if it + 1 < iterations:
                 roles.pipeline.fill()  # the next prompts start at the new version right away
-            metrics = iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0)
+            records = trace_iteration(trace, roles, batch, Span("iteration", "iteration", wall0, 0))
+            metrics = iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0, records)
             metrics |= autoscale(config, roles, metrics)  # sampler pool size; teacher replicas
             log.log(it, metrics)
             it += 1
             if it % config.pipeline.checkpoint_every == 0:
-                save_checkpoint(roles, out, it)
-        final = save_checkpoint(roles, out, it)
+                with trace.scope("checkpoint", step=it):
+                    save_checkpoint(roles, out, it)
+        with trace.scope("checkpoint", step=it):
+            final = save_checkpoint(roles, out, it)
         log.close()
+        trace.close()
+        if config.pipeline.trace:
+            draw_timeline(out)  # timeline.png: the stage overlap of the last iterations
         return write_summary(out, config, roles, final)
     finally:
+        trace.close()
         stop_roles(roles)
+
+
+def trace_iteration(
+    trace: Tracer, roles: Roles, batch: list[ScoredRollout], iteration: Span
+) -> list[dict[str, float]]:
+    """Add the iteration's remote spans (each sampler call, each teacher batch that scored the
+    batch) and the ``iteration`` span itself to the trace; returns the samplers' call records."""
+    records = roles.samplers.pop_stats()
+    trace.add_all(sampler_spans(records))
+    trace.add_all(teacher_spans(s.teacher.forward_span for s in batch if s.teacher is not None))
+    trace.add(dataclasses.replace(iteration, end_s=time.time()))
+    trace.flush()
+    return records
 
 
 def autoscale(config: RunConfig, roles: Roles, metrics: dict[str, float]) -> dict[str, float]:
@@ -199,7 +228,7 @@ def publish_weights(roles: Roles, version: int) -> dict[str, Any]:
     that replay fixed responses (kd) need none, so the weights are not even gathered."""
     if not roles.samplers.needs_weights:
         return {"seconds": 0.0, "actors": []}
-    return roles.samplers.push_weights(roles.learner.state_dict(), version)
+    return roles.samplers.push_weights(roles.learner, version)  # per sampler.weight_sync
 
 
 def render_requests(config: RunConfig, tokenizer: Any) -> tuple[list[Request], Counter[str]]:
@@ -255,6 +284,7 @@ def iteration_metrics(
     sync: dict[str, Any],
     wait_s: float,
     started: float,
+    sampler_records: list[dict[str, float]],
 ) -> dict[str, float]:
     """Learner metrics plus what the batch itself says (accuracy, lengths, stage times)."""
     wall = time.perf_counter() - started
@@ -268,7 +298,7 @@ def iteration_metrics(
         ]
         correct = sum(v.correct for v in roles.verifier.check_many(pairs))
     tokens = train.get("num_tokens", float(sum(lengths)))
-    sampler_s = sum(r.get("seconds", 0.0) for r in roles.samplers.pop_stats())
+    sampler_s = sum(r.get("seconds", 0.0) for r in sampler_records)
     metrics = {f"train/{k}": v for k, v in train.items()}
     metrics |= {
         "rollout/accuracy": correct / len(graded) if graded else float("nan"),

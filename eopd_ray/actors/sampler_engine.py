@@ -8,7 +8,9 @@ imported when this module is imported.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eopd_ray.rollout import Request, Rollout
@@ -77,6 +79,34 @@ def stop_tokens(tokenizer: Any, stop_token_ids: Sequence[int] | None, at_im_end:
         if im_end is not None and im_end not in stops:
             stops.append(im_end)
     return stops
+
+
+def reload_arguments(
+    weights: Any, single_process: bool
+) -> tuple[dict[str, Any], tempfile.TemporaryDirectory[str] | None]:
+    """``reload_weights`` arguments for ``weights`` (a state dict or a safetensors folder), and a
+    temporary folder to clean up (a multiprocess engine cannot take tensors by ``collective_rpc``,
+    so a state dict is written for it)."""
+    tmpdir: tempfile.TemporaryDirectory[str] | None = None
+    if isinstance(weights, str | os.PathLike):
+        return {"weights_path": str(weights)}, None
+    if not isinstance(weights, Mapping):
+        raise TypeError(
+            f"weights must be a state dict or a folder path, got {type(weights).__name__}"
+        )
+    import torch
+
+    items = [
+        (name, value if isinstance(value, torch.Tensor) else torch.as_tensor(value))
+        for name, value in weights.items()
+    ]
+    if single_process:
+        return {"weights_iterator": items}, None
+    from safetensors.torch import save_file
+
+    tmpdir = tempfile.TemporaryDirectory(prefix="eopd-weights-")
+    save_file({k: v.contiguous() for k, v in items}, os.path.join(tmpdir.name, "model.safetensors"))
+    return {"weights_path": tmpdir.name}, tmpdir
 
 
 def engine_inputs(

@@ -65,7 +65,8 @@ class SamplerPool(PoolScaling, WeightPublisher):
         self.actor_kwargs = dict(actor_kwargs or {})
         self.max_attempts = max_attempts
         self._version = 0
-        self._weights: Any = None  # latest pushed weights: ObjectRef of a state dict, or a path
+        self._weights: Any = None  # latest pushed: the learner (collective), a ref or a path
+        self._cached_group = None  # collective: the last broadcast group and its members
         self._jobs: dict[Any, Job] = {}
         self._slots = [Slot(self._start_actor(i)) for i in range(config.num_actors)]
         self._started = config.num_actors  # actors ever started: seeds of added actors
@@ -134,10 +135,9 @@ class SamplerPool(PoolScaling, WeightPublisher):
         ray.kill(old, no_restart=True)
         actor = self._start_actor(index)
         info = ray.get(control(actor, "ready").remote())
-        if self._weights is not None:
-            ray.get(control(actor, "update_weights").remote(self._weights, self._version))
         slot = self._slots[index]
         slot.actor, slot.generation, slot.in_flight = actor, slot.generation + 1, set()
+        self.deliver(index)  # the latest weights, before it takes work
         self.restarts += 1
         return info
 

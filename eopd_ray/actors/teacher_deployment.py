@@ -10,6 +10,8 @@ Importing this module starts nothing (``ray.serve`` is imported: the class is de
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,7 @@ class TeacherDeployment:
         self._score_batch.set_max_batch_size(max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._batch_sizes: list[int] = []
+        self._replica = _replica_name()
         self._tokens_scored = 0
         self._busy_s = 0.0
 
@@ -63,12 +66,13 @@ class TeacherDeployment:
         self, prompt_ids: list[list[int]], response_ids: list[list[int]]
     ) -> list[TeacherScores]:
         self._batch_sizes.append(len(prompt_ids))
-        start = time.perf_counter()
+        start, wall = time.perf_counter(), time.time()
         requests = list(zip(prompt_ids, response_ids, strict=True))
         results = await asyncio.to_thread(self.model.score_batch, requests)
         self._busy_s += time.perf_counter() - start
         self._tokens_scored += sum(len(p) + len(r) for p, r in requests)
-        return results
+        span = (self._replica, wall, time.time(), len(requests))  # for the run's trace
+        return [dataclasses.replace(r, forward_span=span) for r in results]
 
     def info(self) -> dict[str, Any]:
         """Vocabulary and scoring settings of the teacher (``TeacherModel.info``)."""
@@ -81,6 +85,14 @@ class TeacherDeployment:
             "tokens_scored": self._tokens_scored,
             "busy_s": self._busy_s,
         }
+
+
+def _replica_name() -> str:
+    """This replica's short id (Serve's replica id; the pid outside Serve)."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # constructed directly (tests), not by Serve
+        return str(os.getpid())
 
 
 def deployment_options(service: TeacherServiceConfig) -> dict[str, Any]:

@@ -1,20 +1,26 @@
 """Weight publication: the learner's new weights reach every engine of the sampler pool.
 
 ``WeightPublisher`` is a base of ``SamplerPool`` (``eopd_ray/actors/sampler_pool.py``): its
-``push_weights`` turns the weights into one payload and has every actor reload it in place
-(``SamplerActor.update_weights``, ``eopd_ray/actors/sampler.py``). Modes
-(``SamplerConfig.weight_sync``) for a state dict:
+``push_weights`` has every actor reload the new weights in place. Modes
+(``SamplerConfig.weight_sync``):
 
-- ``object_store``: ``ray.put`` once; every actor gets the same ref (single-process engines load
-  the tensors directly).
+- ``collective`` (default): ``push_weights(learner, version)`` forms a broadcast group of learner
+  rank 0 and the engines' workers and the learner broadcasts the weights in buckets
+  (``eopd_ray/actors/weight_broadcast.py``): nothing passes through the driver. The group is kept
+  while the pool's actors are the same; an actor found dead is replaced (and gets the weights in
+  a group of its own), and a broadcast that failed part-way (a member died or timed out) is
+  repeated once for the survivors in a new group.
+- ``object_store``: the learner's gathered state dict is ``ray.put`` once; every actor gets the
+  same ref (single-process engines load the tensors directly).
 - ``disk``: written as safetensors to ``sync_dir/v{version}``; every actor reloads the folder
   (works with multiprocess and tensor-parallel engines too). Once a push has returned, every
   engine runs the new weights (restarted and starting actors get them too), so the pool deletes
   its other ``sync_dir/v*`` folders (``retire_weight_versions``, also at shutdown): one version
   stays on disk.
 
-A safetensors folder path or an ``ObjectRef`` of a state dict is passed on as it is. The pool keeps
-the latest payload: actors started later (restarts, autoscaling) get it before they take work.
+A state dict, a safetensors folder path or an ``ObjectRef`` of a state dict may be pushed
+directly (object-store / disk semantics). The pool keeps the latest source: actors started later
+(restarts, autoscaling) get its weights before they take work (``deliver``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from eopd_ray.actors.sampler_remote import control
 
 if TYPE_CHECKING:
     from eopd_ray.actors.pool_slots import Slot
+    from eopd_ray.actors.weight_broadcast import WeightGroup
     from eopd_ray.config import SamplerConfig
 
 
@@ -42,36 +49,66 @@ class WeightPublisher:
     sync_dir: Path | None
     restart: Callable[[int], dict[str, Any]]
     _slots: list[Slot]
-    _weights: Any  # latest pushed weights: ObjectRef of a state dict, or a path
+    _weights: Any  # latest pushed: the learner (collective), an ObjectRef or a path
     _version: int
+    _cached_group: tuple[tuple[tuple[int, int], ...], WeightGroup] | None
+    _is_alive: Callable[[int], bool]
 
     def push_weights(self, weights: Any, version: int) -> dict[str, Any]:
         """Send new weights to every actor and wait until all have them.
 
-        ``weights``: a state dict (put in the object store once, or written to
+        ``weights``: the learner group (a ``WeightSource``: broadcast under ``collective``, else
+        its state dict), a state dict (put in the object store once, or written to
         ``sync_dir/v{version}`` when ``config.weight_sync == "disk"``), an ``ObjectRef`` of one,
         or a safetensors folder path. Returns the wall time and each actor's timings (None for
         an actor found dead and replaced: the train loop counts it as a sampler restart)."""
-        import ray
-
         started = time.perf_counter()
-        if isinstance(weights, str | os.PathLike):
-            payload: Any = str(weights)
-        elif isinstance(weights, ray.ObjectRef):
-            payload = weights
-        elif isinstance(weights, Mapping):
-            if self.config.weight_sync == "disk":
-                payload = self._save_weights(weights, version)
-            else:
-                payload = ray.put(dict(weights))
-        else:
-            raise TypeError(f"cannot push weights of type {type(weights).__name__}")
+        collective = self.config.weight_sync == "collective" and hasattr(weights, "weight_group")
+        payload = weights if collective else self._payload(weights, version)
         prepared = time.perf_counter()
         self._weights, self._version = payload, int(version)
         # Starting actors get the newest weights when they become active (activate_ready).
         targets = [i for i, s in enumerate(self._slots) if s.state != "starting"]
+        per_actor = self._broadcast(targets) if collective else self._update(targets)
+        self.retire_weight_versions()  # every engine has this version now
+        return {
+            "seconds": time.perf_counter() - started,
+            "prepare_s": prepared - started,
+            "version": version,
+            "actors": per_actor,
+        }
+
+    def deliver(self, index: int) -> None:
+        """Give actor ``index`` (fresh: restarted or just started) the latest pushed weights."""
+        if self._weights is None:
+            return
+        if self.config.weight_sync == "collective" and hasattr(self._weights, "weight_group"):
+            self._broadcast([index])
+        else:
+            self._update([index])
+
+    def _payload(self, weights: Any, version: int) -> Any:
+        """What every actor's ``update_weights`` gets: an ObjectRef or a folder path."""
+        import ray
+
+        if hasattr(weights, "state_dict") and not isinstance(weights, Mapping):
+            weights = weights.state_dict()  # a WeightSource without collective sync
+        if isinstance(weights, str | os.PathLike):
+            return str(weights)
+        if isinstance(weights, ray.ObjectRef):
+            return weights
+        if isinstance(weights, Mapping):
+            if self.config.weight_sync == "disk":
+                return self._save_weights(weights, version)
+            return ray.put(dict(weights))
+        raise TypeError(f"cannot push weights of type {type(weights).__name__}")
+
+    def _update(self, targets: list[int]) -> list[dict[str, float] | None]:
+        """``update_weights(payload)`` on ``targets``; a dead actor is replaced (None)."""
+        import ray
+
         refs = [
-            control(self._slots[i].actor, "update_weights").remote(payload, version)
+            control(self._slots[i].actor, "update_weights").remote(self._weights, self._version)
             for i in targets
         ]
         per_actor: list[dict[str, float] | None] = []
@@ -81,13 +118,78 @@ class WeightPublisher:
             except ray.exceptions.RayActorError:
                 self.restart(index)  # the fresh actor is started at the new weights
                 per_actor.append(None)
-        self.retire_weight_versions()  # every engine has this version now
-        return {
-            "seconds": time.perf_counter() - started,
-            "prepare_s": prepared - started,
-            "version": version,
-            "actors": per_actor,
+        return per_actor
+
+    def _broadcast(self, targets: list[int]) -> list[dict[str, float] | None]:
+        """Collective sync to ``targets``: a dead actor is replaced (None; the fresh one gets the
+        weights in a group of its own), a broadcast that failed part-way is repeated once for
+        the survivors, in a new group."""
+        results: dict[int, dict[str, float] | None] = {}
+        todo = self._replace_dead(targets, results)
+        for attempt in (1, 2):
+            if not todo:
+                break
+            failed, error = self._broadcast_once(todo, results)
+            todo = self._replace_dead(failed, results)
+            if todo and attempt == 2:
+                raise RuntimeError(f"weight broadcast to samplers {todo} failed twice: {error}")
+        return [results[i] for i in targets]
+
+    def _broadcast_once(
+        self, todo: list[int], results: dict[int, dict[str, float] | None]
+    ) -> tuple[list[int], str | None]:
+        """One broadcast: the receivers wait in their control group, then the learner sends.
+        Returns the targets whose receive failed and the learner's error, if any."""
+        import ray
+
+        group = self._group_for(todo)
+        tp = self.config.tensor_parallel_size
+        refs = {
+            i: control(self._slots[i].actor, "receive_weights").remote(
+                group, 1 + k * tp, self._version
+            )
+            for k, i in enumerate(todo)
         }
+        sent = self._weights.broadcast_weights(group)
+        failed = []
+        for i, ref in refs.items():
+            try:
+                results[i] = ray.get(ref, timeout=group.timeout_s)
+            except ray.exceptions.RayError:  # died, timed out, or its group broke
+                failed.append(i)
+        if failed or "error" in sent:
+            self._cached_group = None  # never reuse a group that failed
+        return failed, sent.get("error") or (f"samplers {failed} failed" if failed else None)
+
+    def _group_for(self, todo: list[int]) -> WeightGroup:
+        """The broadcast group of the learner and ``todo``'s engines: the last one when the
+        same actors (same generations) are the targets again and the learner still hosts it."""
+        key = tuple((i, self._slots[i].generation) for i in todo)
+        cached = getattr(self, "_cached_group", None)
+        reuse = cached[1] if cached is not None and cached[0] == key else None
+        cfg = self.config
+        group = self._weights.weight_group(
+            1 + len(todo) * cfg.tensor_parallel_size,
+            "nccl" if cfg.num_gpus > 0 else "gloo",
+            cfg.weight_sync_timeout_s,
+            cfg.weight_bucket_mb << 20,
+            reuse=reuse,
+        )
+        self._cached_group = (key, group)
+        return group
+
+    def _replace_dead(
+        self, indices: list[int], results: dict[int, dict[str, float] | None]
+    ) -> list[int]:
+        """The live ones of ``indices``; the dead are restarted (their result: None)."""
+        alive = []
+        for i in indices:
+            if self._is_alive(i):
+                alive.append(i)
+            else:
+                self.restart(i)
+                results[i] = None
+        return alive
 
     def retire_weight_versions(self) -> list[Path]:
         """Delete the ``sync_dir/v{version}`` folders but the latest pushed one; returns them.

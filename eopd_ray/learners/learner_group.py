@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from eopd_ray.actors.weight_broadcast import TensorSpec, WeightGroup
 from eopd_ray.config import (
     LearnerConfig,
     LossConfig,
@@ -158,6 +159,7 @@ class LearnerGroup:
 
     def _start_group(self) -> WorkerGroup:
         """A fresh set of workers from ``student.path``; sets ``startup_info``."""
+        self._sender: tuple[str, int, tuple[TensorSpec, ...]] | None = None  # its weight store
         cfg = {
             "student": self.student,
             "learner": self.learner,
@@ -295,6 +297,35 @@ class LearnerGroup:
         """The full student weights as CPU tensors (gathered on rank 0; works under ZeRO-3)."""
         self._check_usable()
         return self._call("state_dict")[0]
+
+    def weight_group(
+        self,
+        world_size: int,
+        backend: str,
+        timeout_s: float,
+        bucket_bytes: int,
+        reuse: WeightGroup | None = None,
+    ) -> WeightGroup:
+        """A broadcast group of rank 0 and ``world_size - 1`` engine workers (collective weight
+        sync, ``eopd_ray/actors/weight_broadcast.py``); rank 0 hosts its rendezvous. ``reuse``
+        is returned when these workers (not restarted since) host it and its size fits."""
+        self._check_usable()
+        if self._sender is None:
+            self._sender = self._call("open_weight_sender")[0]
+        host, port, specs = self._sender
+        if reuse is not None and (reuse.host, reuse.port, reuse.world_size) == (
+            host, port, world_size,
+        ):  # fmt: skip
+            return reuse
+        backend = backend if self.learner.use_gpu else "gloo"  # NCCL needs both sides on GPUs
+        name = f"{self.name}-{uuid.uuid4().hex[:8]}"
+        return WeightGroup(name, host, port, world_size, backend, timeout_s, specs, bucket_bytes)
+
+    def broadcast_weights(self, group: WeightGroup) -> dict[str, Any]:
+        """Broadcast the current weights to ``group``'s members (who must be receiving); rank
+        0's timings, or ``error`` when a receiver failed (the learners themselves are fine)."""
+        self._check_usable()
+        return self._call("broadcast_weights", (group,))[0]
 
     def save_checkpoint(self, folder: str | os.PathLike) -> Path:
         """Write a Hugging Face folder (safetensors, config, tokenizer) plus the resume state.

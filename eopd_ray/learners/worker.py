@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from eopd_ray.actors.weight_broadcast import TensorSpec, WeightGroup, WeightSender
 from eopd_ray.learners.batch import collate, dummy_batch
 from eopd_ray.learners.engine import (
     StepGuard,
@@ -302,6 +303,19 @@ class LearnerWorker:
     def state_dict(self) -> dict[str, torch.Tensor] | None:
         """The full CPU weights on rank 0, ``None`` on the others (gathered under ZeRO-3)."""
         return full_state_dict(self.engine, self.rank, self.zero_stage)
+
+    def open_weight_sender(self) -> tuple[str, int, tuple[TensorSpec, ...]] | None:
+        """Collective weight sync: rank 0 hosts the rendezvous store; (host, port, what is
+        sent) on rank 0, None elsewhere (``eopd_ray/actors/weight_broadcast.py``)."""
+        import ray
+
+        host = ray.util.get_node_ip_address()
+        self._sender = WeightSender(self.engine.module, self.rank, self.zero_stage, host)
+        return (host, self._sender.port, self._sender.specs()) if self.rank == 0 else None
+
+    def broadcast_weights(self, group: WeightGroup) -> dict[str, Any]:
+        """Every rank: send the weights to ``group`` (rank 0 broadcasts; ZeRO-3 ranks gather)."""
+        return self._sender.send(group)
 
     def save(self, folder: Path, version: int) -> dict[str, Any]:
         """Rank 0 writes the HF folder; every rank its part of the DeepSpeed state."""

@@ -42,6 +42,7 @@ def _compare(out: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # may pre-train the shared pair in its set-up (~15 min)
 def test_compare_trains_evaluates_reports_and_resumes(
     pretrained_models: tuple[Path, Path], tmp_path: Path
 ) -> None:
