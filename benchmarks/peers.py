@@ -2,6 +2,8 @@
 
     .venv/bin/pip install -e '.[bench]'          # TRL 1.16.0 (make bench-peers does this)
     .venv/bin/python benchmarks/peers.py [--pair tiny|smollm2] [--steps N] [--extra 'k=v ...']
+    .venv/bin/python benchmarks/peers.py --pair smollm2 --steps 3 --warmup-steps 1 \\
+        --eval-override 'benchmarks=[{name: math500, source: math500, limit: 16}]'
 
 Runs one after the other, each as a process of its own in its own session: ``eopd-ray train``
 on the pair's preset (``configs/tiny.yaml`` / ``configs/smollm2.yaml``), each ``--extra`` set of

@@ -6,8 +6,9 @@ Runs ``eopd-ray train configs/tiny.yaml`` twice in one local Ray, with ``pipelin
 0 then 1, and prints per stage the time per iteration and its share of the iteration's wall time,
 trained tokens/s, the async/sync ratio and step time / max(stage time) (1.0 means the stages
 overlap perfectly). The first ``--warmup`` iterations of each run (start-up effects) are left out.
-Stage times are busy times: the sampler's generate calls, the teacher's scoring tasks, the
-learner's train_batch and the weight push.
+Stage times are busy times: the sampler's generate calls, the teacher replicas' batched forwards,
+the learner's train_batch and the weight push; "teacher (scoring tasks)" is the scoring tasks'
+latency from their first request to the teacher to their last result (Serve queueing included).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from eopd_ray.train import train
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {
     "sampler": "time/sampler_busy_s",
-    "teacher": "time/teacher_s",
+    "teacher (forward)": "time/teacher_busy_s",
+    "teacher (scoring tasks)": "time/teacher_s",
     "learner": "time/learner_s",
     "weight sync": "time/sync_s",
     "driver wait": "time/wait_for_batch_s",
@@ -67,15 +69,15 @@ def main() -> None:
             run(eta, args.iterations, args.warmup, args.overrides, Path(root)) for eta in (0, 1)
         ]
     labels = [f"η={r['eta']} s/it" for r in results]
-    header = f"{'stage':<12}" + "".join(f"{label:>14}{'share':>8}" for label in labels)
+    header = f"{'stage':<24}" + "".join(f"{label:>14}{'share':>8}" for label in labels)
     print(header)
     print("-" * len(header))
     for name in STAGES:
         cells = "".join(
             f"{r['stages'][name]:>14.3f}{r['stages'][name] / r['step_s']:>8.0%}" for r in results
         )
-        print(f"{name:<12}{cells}")
-    print(f"{'step (wall)':<12}" + "".join(f"{r['step_s']:>14.3f}{'':>8}" for r in results))
+        print(f"{name:<24}{cells}")
+    print(f"{'step (wall)':<24}" + "".join(f"{r['step_s']:>14.3f}{'':>8}" for r in results))
     print()
     for r in results:
         busiest = max(v for k, v in r["stages"].items() if k != "driver wait")

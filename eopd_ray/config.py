@@ -215,6 +215,9 @@ class SamplerConfig(Section):
     # (single-process engines); disk: safetensors in a shared folder (fall-backs).
     weight_sync: Literal["collective", "object_store", "disk"] = "collective"
     weight_bucket_mb: int = Field(256, ge=1)  # collective: bytes per broadcast bucket
+    # collective: auto = NCCL when engines and learner are on GPUs, else gloo. NCCL needs every
+    # member on its own GPU: a learner sharing one GPU with the engines needs gloo.
+    weight_sync_backend: Literal["auto", "gloo", "nccl"] = "auto"
     weight_sync_timeout_s: float = Field(120.0, gt=0.0)  # collective: bound of each operation
 
     @property
@@ -269,6 +272,8 @@ class LearnerConfig(Section):
 
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
+    # < 1 shares a GPU with other roles (a one-GPU machine: scripts/gpu_check.sh)
+    gpus_per_worker: float = Field(1.0, gt=0.0, le=1.0)
     num_cpus_per_worker: float = Field(1.0, gt=0.0)
     resources_per_worker: Resources = Field(default_factory=dict, description="custom resources")
     label_selector: LabelSelector = Field(default_factory=dict)
@@ -302,6 +307,8 @@ class PipelineConfig(Section):
     keep_checkpoints: int | None = Field(None, ge=1)
     # output_dir/trace.json (every stage's spans, Perfetto) and timeline.png (eopd_ray/trace.py)
     trace: bool = True
+    # the teacher scores each request as soon as it has finished, not with its whole chunk
+    stream_scoring: bool = True
 
 
 class RewardConfig(Section):

@@ -116,8 +116,10 @@ class RolloutPipeline:
             self._chain(chunk)
 
     def _chain(self, chunk: _Chunk) -> None:
-        """Score ``chunk``'s rollouts as soon as the sampler has them."""
-        self._in_flight[self.scorer.chain(chunk.sampler_ref)] = chunk
+        """Score ``chunk``'s rollouts as soon as the sampler has them (streamed: each request as
+        soon as it has finished, ``eopd_ray/actors/stream.py``)."""
+        stream = self.samplers.stream_of(chunk.sampler_ref) if self.config.stream_scoring else None
+        self._in_flight[self.scorer.chain(chunk.sampler_ref, stream)] = chunk
 
     # ------------------------------------------------------------------ consumption
     def _collect(self, timeout_s: float) -> None:

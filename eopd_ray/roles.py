@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from ray.serve.handle import DeploymentHandle
 
+    from eopd_ray.actors.stream import RolloutStream
     from eopd_ray.actors.weight_broadcast import WeightGroup
 
 
@@ -58,6 +59,10 @@ class RolloutSamplers(Protocol):
         """Drop the bookkeeping of a ref whose result was collected."""
         ...
 
+    def stream_of(self, ref: Any) -> RolloutStream | None:
+        """Where the call behind ``ref`` reports finished requests early (None: it does not)."""
+        ...
+
 
 class SamplerRole(RolloutSamplers, Protocol):
     """The sampler pool as the train loop uses it, besides handing it to the pipeline."""
@@ -89,9 +94,10 @@ class RolloutScorer(Protocol):
 
     retry_counter: str  # e.g. "teacher_retries"
 
-    def chain(self, rollouts_ref: Any) -> Any:
+    def chain(self, rollouts_ref: Any, stream: RolloutStream | None = None) -> Any:
         """For an ``ObjectRef`` of ``list[Rollout]`` (one chunk, whole prompt groups in request
-        order): an ``ObjectRef`` of ``list[ScoredRollout]``, in the same order."""
+        order): an ``ObjectRef`` of ``list[ScoredRollout]``, in the same order. ``stream``: where
+        the chunk's finished requests can be taken before the whole chunk is done."""
         ...
 
     def retryable(self, exc: BaseException) -> bool:

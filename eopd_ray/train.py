@@ -57,36 +57,19 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
         iterations = total_iterations(config, roles.stream)
         log = MetricsLogger(out, iterations, start=it, bar=progress)
         while it < iterations:
-            t0, wall0 = time.perf_counter(), time.time()
-            roles.pipeline.fill()  # generate: admission-controlled, runs while we train
-            with trace.scope("wait for batch", iteration=it):
-                batch, wait_s = roles.pipeline.next_batch(version)  # score -> buffer -> batch
-            if not batch:
-                break
             try:
-                with trace.scope("learner step", "learner", iteration=it):
-                    train_metrics = roles.learner.train_batch(
-                        batch, mini_batches=mini_batches(config)
-                    )
-                check_finite(config, roles, out, it)  # skipped steps in a row: stop
-                version = roles.learner.version
-                with trace.scope("publish weights", "weights", version=version):
-                    sync = publish_weights(roles, version)  # to the samplers (kd: none)
-                roles.pipeline.counters["sampler_restarts"] += sync["actors"].count(None)
+                step = run_iteration(config, roles, trace, it, version, iterations)
+                if step is None:  # the prompts ran out
+                    break
+                version, metrics = step
+                log.log(it, metrics)
+                it += 1
+                if it % config.pipeline.checkpoint_every == 0:
+                    with trace.scope("checkpoint", step=it):
+                        save_checkpoint(roles, out, it)
             except LearnerGroupError as failure:  # a worker died: back to the newest checkpoint
                 it, version = recover_learner(config, roles, out, failure)
                 log.rewind(it)
-                continue
-            if it + 1 < iterations:
-                roles.pipeline.fill()  # the next prompts start at the new version right away
-            records = trace_iteration(trace, roles, batch, Span("iteration", "iteration", wall0, 0))
-            metrics = iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0, records)
-            metrics |= autoscale(config, roles, metrics)  # sampler pool size; teacher replicas
-            log.log(it, metrics)
-            it += 1
-            if it % config.pipeline.checkpoint_every == 0:
-                with trace.scope("checkpoint", step=it):
-                    save_checkpoint(roles, out, it)
         with trace.scope("checkpoint", step=it):
             final = save_checkpoint(roles, out, it)
         log.close()
@@ -97,6 +80,33 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
     finally:
         trace.close()
         stop_roles(roles)
+
+
+def run_iteration(
+    config: RunConfig, roles: Roles, trace: Tracer, it: int, version: int, iterations: int
+) -> tuple[int, dict[str, float]] | None:
+    """Iteration ``it``: a fresh batch, a learner step, the new weights to the samplers; returns
+    (the new version, the metrics row), None when the prompts ran out. A learner worker that
+    died raises ``LearnerGroupError`` (the loop goes back to the newest checkpoint)."""
+    t0, wall0 = time.perf_counter(), time.time()
+    roles.pipeline.fill()  # generate: admission-controlled, runs while we train
+    with trace.scope("wait for batch", iteration=it):
+        batch, wait_s = roles.pipeline.next_batch(version)  # score -> buffer -> fresh batch
+    if not batch:
+        return None
+    with trace.scope("learner step", "learner", iteration=it):
+        train_metrics = roles.learner.train_batch(batch, mini_batches=mini_batches(config))
+    check_finite(config, roles, Path(config.output_dir), it)  # skipped steps in a row: stop
+    version = roles.learner.version
+    with trace.scope("publish weights", "weights", version=version):
+        sync = publish_weights(roles, version)  # to the samplers (kd: none)
+    roles.pipeline.counters["sampler_restarts"] += sync["actors"].count(None)
+    if it + 1 < iterations:
+        roles.pipeline.fill()  # the next prompts start at the new version right away
+    records = trace_iteration(trace, roles, batch, Span("iteration", "iteration", wall0, 0))
+    metrics = iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0, records)
+    metrics |= autoscale(config, roles, metrics)  # sampler pool size; teacher replicas
+    return version, metrics
 
 
 def trace_iteration(
@@ -308,7 +318,8 @@ def iteration_metrics(
         "time/iteration_s": wall,
         "time/wait_for_batch_s": wait_s,
         "time/sampler_busy_s": sampler_s,
-        "time/teacher_s": sum(s.stats.get("teacher_s", 0.0) for s in batch),
+        "time/teacher_s": sum(s.stats.get("teacher_s", 0.0) for s in batch),  # incl. queueing
+        "time/teacher_busy_s": teacher_busy_s(batch),
         "time/learner_s": train.get("time_s", float("nan")),
         "time/sync_s": sync["seconds"],
         "time/trained_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
@@ -319,6 +330,12 @@ def iteration_metrics(
 
         metrics |= reward_metrics(batch)
     return metrics | roles.pipeline.metrics()
+
+
+def teacher_busy_s(batch: list[ScoredRollout]) -> float:
+    """Seconds the teacher replicas spent in the batched forwards that scored ``batch``."""
+    forwards = {s.teacher.forward_span for s in batch if s.teacher is not None}
+    return sum(end - start for _, start, end, _ in filter(None, forwards))
 
 
 def write_summary(out: Path, config: RunConfig, roles: Roles, final: Path) -> dict[str, Any]:

@@ -292,6 +292,9 @@ class _ScriptedSamplers:
     def forget(self, ref) -> None:
         del self.jobs[ref]
 
+    def stream_of(self, ref) -> None:
+        return None
+
 
 def test_grpo_rewards_and_advantages_through_the_pipeline(
     ray_local: None, tiny_models: tuple[Path, Path], tmp_path: Path

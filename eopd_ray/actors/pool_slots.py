@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from eopd_ray.actors.stream import RolloutStream
 from eopd_ray.rollout import Request
 
 
@@ -20,6 +21,7 @@ class Job:
     requests: list[Request]
     kwargs: dict[str, Any]
     attempts: int = 1
+    stream: RolloutStream | None = None  # where its finished requests can be taken early
 
 
 @dataclass

@@ -160,6 +160,10 @@ class TeacherResponses:
     def forget(self, ref: Any) -> None:
         self._jobs.pop(ref, None)
 
+    def stream_of(self, ref: Any) -> None:
+        """Replayed chunks exist whole at once: nothing to stream."""
+        return None
+
     def push_weights(self, weights: Any, version: int) -> dict[str, Any]:
         """Nothing to load (see the module docstring): the timings of a push that took no time."""
         return {"seconds": 0.0, "actors": []}

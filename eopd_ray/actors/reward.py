@@ -144,9 +144,9 @@ class RewardScorer:
             raise
         return out
 
-    def chain(self, rollouts_ref: ray.ObjectRef) -> ray.ObjectRef:
+    def chain(self, rollouts_ref: ray.ObjectRef, stream: Any = None) -> ray.ObjectRef:
         """An ObjectRef of the chunk's ``list[ScoredRollout]``; Ray passes the worker the rollouts
-        once the sampler has them."""
+        once the sampler has them (graded per chunk: ``stream`` is not used)."""
         worker = self.workers[self._turn % len(self.workers)]
         self._turn += 1
         return worker.score.remote(rollouts_ref)

@@ -57,6 +57,7 @@ from eopd_ray.actors.sampler_engine import (
     request_rollouts,
     stop_tokens,
 )
+from eopd_ray.actors.stream import Finished, Outboxes
 from eopd_ray.rollout import Request, Rollout
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ class SamplerActor:
         self._steps = 0
         self._closed = False
         self._stats: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self._outboxes = Outboxes()  # finished requests of streamed generate calls
         self._totals = {"calls": 0, "sequences": 0, "tokens": 0, "seconds": 0.0, "updates": 0}
 
     # ------------------------------------------------------------------ control group
@@ -189,6 +191,10 @@ class SamplerActor:
     def stats(self) -> dict[str, float]:
         """Totals since start: calls, sequences, tokens, seconds, updates."""
         return dict(self._totals)
+
+    def take_finished(self, stream_id: str) -> Finished:
+        """The requests of call ``stream_id`` finished since the last take (streamed scoring)."""
+        return self._outboxes.take(stream_id)
 
     def pop_stats(self) -> list[dict[str, Any]]:
         """Per-call records (generate and update_weights) since the last pop."""
@@ -291,11 +297,14 @@ class SamplerActor:
         top_p: float = 1.0,
         max_tokens: int = 256,
         seed: int | None = None,
+        stream_id: str | None = None,
     ) -> list[Rollout]:
         """Sample ``n`` responses per request; returns ``len(requests) * n`` rollouts.
 
         Rollouts come in request order, samples ``0..n-1`` of a request together. ``seed`` makes
-        the result a function of ``(seed, prompt_id, sample_index)``, independent of batching."""
+        the result a function of ``(seed, prompt_id, sample_index)``, independent of batching.
+        With ``stream_id``, each request's rollouts can also be taken as soon as it has finished
+        (``take_finished``; ``eopd_ray/actors/stream.py``)."""
         prompts, params = engine_inputs(
             requests,
             n=n,
@@ -309,9 +318,14 @@ class SamplerActor:
         if not prompts:
             return []
 
-        with self._generate_lock:
+        def publish(index: int, output: Any) -> None:  # one request done: its rollouts, early
+            if stream_id is not None:
+                rollouts = request_rollouts(requests[index], output, n, self._version)
+                self._outboxes.put(stream_id, index, rollouts)
+
+        with self._outboxes.opened(stream_id), self._generate_lock:
             started = time.perf_counter()
-            ids, finished = self._step_until_done(prompts, params)
+            ids, finished = self._step_until_done(prompts, params, publish)
             elapsed = time.perf_counter() - started
 
         rollouts = [
@@ -343,13 +357,18 @@ class SamplerActor:
         self._totals["seconds"] += elapsed
 
     def _step_until_done(
-        self, prompts: list[dict[str, Any]], params: list[Any]
+        self,
+        prompts: list[dict[str, Any]],
+        params: list[Any],
+        on_finished: Callable[[int, Any], None],
     ) -> tuple[list[str], dict[str, Any]]:
-        """Enqueue the requests and step the engine until they are all finished."""
+        """Enqueue the requests and step the engine until they are all finished; each finished
+        request's (index, output) goes to ``on_finished`` at once."""
         from vllm.sampling_params import RequestOutputKind
 
         finished: dict[str, Any] = {}
         ids = [f"eopd-{next(self._request_counter)}" for _ in prompts]
+        index_of = {request_id: i for i, request_id in enumerate(ids)}
         pending: set[str] = set()
         self._generating, self._steps = True, 0
         try:
@@ -374,6 +393,7 @@ class SamplerActor:
                     if output.finished and output.request_id in pending:
                         pending.discard(output.request_id)
                         finished[output.request_id] = output
+                        on_finished(index_of[output.request_id], output)
         except BaseException:
             if pending and not self._closed:
                 with self._cv:

@@ -11,12 +11,14 @@ vLLM is imported when this module is imported.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eopd_ray.actors.pool_slots import Job, Slot
 from eopd_ray.actors.sampler_remote import control, sampler_actor_options, start_sampler_actor
+from eopd_ray.actors.stream import RolloutStream
 from eopd_ray.actors.weight_sync import WeightPublisher
 from eopd_ray.autoscale_pool import PoolScaling
 from eopd_ray.rollout import Request, Rollout
@@ -165,10 +167,16 @@ class SamplerPool(PoolScaling, WeightPublisher):
 
     def _launch(self, job: Job) -> Any:
         slot = self._slots[job.actor_index]
-        ref = slot.actor.generate.remote(job.requests, **job.kwargs)
+        job.stream = RolloutStream(slot.actor, uuid.uuid4().hex)  # one per call, retries too
+        ref = slot.actor.generate.remote(job.requests, stream_id=job.stream.stream_id, **job.kwargs)
         slot.in_flight.add(ref)
         self._jobs[ref] = job
         return ref
+
+    def stream_of(self, ref: Any) -> RolloutStream | None:
+        """Where the finished requests of the call behind ``ref`` can be taken early."""
+        job = self._jobs.get(ref)
+        return job.stream if job is not None else None
 
     def submit(
         self,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from eopd_ray.actors.sampler import SamplerActor
+from eopd_ray.actors.stream import STREAM_GROUP
 from eopd_ray.ray_env import role_placement
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ def remote_sampler_class() -> Any:
     if _REMOTE_CLASS is None:
         import ray
 
-        _REMOTE_CLASS = ray.remote(concurrency_groups={CONTROL_GROUP: 2})(SamplerActor)
+        groups = {CONTROL_GROUP: 2, STREAM_GROUP: 1}  # stream: take_finished (stream.py)
+        _REMOTE_CLASS = ray.remote(concurrency_groups=groups)(SamplerActor)
     return _REMOTE_CLASS
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import serve
 
+from eopd_ray.actors.stream import POLL_S, RolloutStream
 from eopd_ray.actors.teacher_deployment import TeacherDeployment, deployment_options
 from eopd_ray.errors import root_cause
 from eopd_ray.rollout import Rollout, ScoredRollout, TeacherScores
@@ -33,16 +34,44 @@ _TEACHER_UNAVAILABLE = ("RayActorError", "ActorDiedError", "ActorUnavailableErro
                         "DeploymentUnavailableError", "BackPressureError")  # fmt: skip
 
 
-def _score_rollouts(rollouts: list[Rollout], teacher_handle: Any) -> list[ScoredRollout]:
-    """Ray task body: score a chunk's rollouts on the teacher (requests batched by Serve)."""
-    started = time.perf_counter()
-    responses = [teacher_handle.remote(r.prompt_ids, r.response_ids) for r in rollouts]
+def _score_rollouts(
+    boxed: list[ray.ObjectRef], teacher_handle: Any, stream: RolloutStream | None
+) -> list[ScoredRollout]:
+    """Ray task body: score a chunk's rollouts on the teacher (requests batched by Serve).
+
+    ``boxed``: ``[the sampler's ObjectRef]`` (in a list, so that Ray does not wait for it before
+    the task starts). With ``stream``, each request's rollouts go to the teacher as soon as the
+    sampler reports them finished (``eopd_ray/actors/stream.py``); the result is built from the
+    call's final rollouts either way, in their order."""
+    (sampler_ref,) = boxed
+    started: float | None = None  # the first request to the teacher: its time, not sampling's
+    early: dict[tuple[int, int], tuple[list[int], Any]] = {}  # (request, sample) -> response
+    while stream is not None:
+        done, _ = ray.wait([sampler_ref], timeout=POLL_S)
+        for index, rollouts in ray.get(stream.take_ref()):
+            started = started or time.perf_counter()
+            for r in rollouts:
+                early[index, r.sample_index] = (r.response_ids, _score(teacher_handle, r))
+        if done:
+            break
+    rollouts = ray.get(sampler_ref)  # a dead sampler fails the chunk here, as without a stream
+    started = started or time.perf_counter()
+    responses, index = [], -1
+    for r in rollouts:  # request order, samples 0..n-1 of each request together
+        index += r.sample_index == 0
+        sent = early.get((index, r.sample_index))
+        same = sent is not None and sent[0] == r.response_ids
+        responses.append(sent[1] if same else _score(teacher_handle, r))
     scores = [response.result() for response in responses]
     seconds = time.perf_counter() - started
     return [
         ScoredRollout(r, s, {"teacher_s": seconds / max(len(rollouts), 1)})
         for r, s in zip(rollouts, scores, strict=True)
     ]
+
+
+def _score(teacher_handle: Any, rollout: Rollout) -> Any:
+    return teacher_handle.remote(rollout.prompt_ids, rollout.response_ids)
 
 
 # No CPU of its own (it waits on the deployment); no Ray retries: the pipeline decides.
@@ -103,9 +132,12 @@ class TeacherService:
         out.startup_s = time.perf_counter() - begin
         return out
 
-    def chain(self, rollouts_ref: ray.ObjectRef) -> ray.ObjectRef:
-        """The pipeline's scoring stage: an ObjectRef of the chunk's ``list[ScoredRollout]``."""
-        return _SCORE_TASK.remote(rollouts_ref, self.handle)
+    def chain(
+        self, rollouts_ref: ray.ObjectRef, stream: RolloutStream | None = None
+    ) -> ray.ObjectRef:
+        """The pipeline's scoring stage: an ObjectRef of the chunk's ``list[ScoredRollout]``;
+        with ``stream`` each request is scored as soon as it has finished."""
+        return _SCORE_TASK.remote([rollouts_ref], self.handle, stream)
 
     @staticmethod
     def retryable(exc: BaseException) -> bool:

@@ -170,7 +170,7 @@ class WeightPublisher:
         cfg = self.config
         group = self._weights.weight_group(
             1 + len(todo) * cfg.tensor_parallel_size,
-            "nccl" if cfg.num_gpus > 0 else "gloo",
+            _backend(cfg),
             cfg.weight_sync_timeout_s,
             cfg.weight_bucket_mb << 20,
             reuse=reuse,
@@ -221,3 +221,10 @@ class WeightPublisher:
             str(folder / "model.safetensors"),
         )
         return str(folder)
+
+
+def _backend(config: SamplerConfig) -> str:
+    """The broadcast's backend asked of the learner (which falls back to gloo without GPUs)."""
+    if config.weight_sync_backend != "auto":
+        return config.weight_sync_backend
+    return "nccl" if config.num_gpus > 0 else "gloo"

@@ -317,7 +317,7 @@ class LearnerGroup:
             host, port, world_size,
         ):  # fmt: skip
             return reuse
-        backend = backend if self.learner.use_gpu else "gloo"  # NCCL needs both sides on GPUs
+        backend = backend if self.learner.use_gpu else "gloo"  # NCCL needs GPUs on both sides
         name = f"{self.name}-{uuid.uuid4().hex[:8]}"
         return WeightGroup(name, host, port, world_size, backend, timeout_s, specs, bucket_bytes)
 

@@ -1,8 +1,9 @@
 """The learner ranks as Ray actors in one placement group, and the driver's calls to them.
 
 :class:`WorkerGroup` reserves one placement group of ``num_workers`` bundles (``CPU:
-num_cpus_per_worker``, ``GPU: 1`` with ``use_gpu``, plus ``resources_per_worker``; every bundle
-with the ``label_selector``; ``placement_strategy`` over them), starts one
+num_cpus_per_worker``, ``GPU: gpus_per_worker`` with ``use_gpu``, plus
+``resources_per_worker``; every bundle with the ``label_selector``; ``placement_strategy`` over
+them), starts one
 :class:`~eopd_ray.learners.worker.LearnerWorker` actor in each bundle, and has them join one
 ``torch.distributed`` group: rank 0 returns its node IP and a free port, which the driver passes
 to every rank's ``setup``. Then :meth:`WorkerGroup.call` runs one method on every rank, as in
@@ -71,7 +72,7 @@ class WorkerGroup:
 
         from eopd_ray.learners.worker import LearnerWorker
 
-        gpus = 1 if learner.use_gpu else 0
+        gpus = learner.gpus_per_worker if learner.use_gpu else 0
         bundle = {"CPU": learner.num_cpus_per_worker, **learner.resources_per_worker}
         if gpus:
             bundle["GPU"] = gpus

@@ -68,6 +68,24 @@ PRESETS: dict[str, TinySpec] = {
         head_dim=32,
         intermediate_size=384,
     ),
+    # The GPU check's Qwen3-shaped pair (scripts/gpu_check.sh): ~110M / ~14M parameters, large
+    # enough that bf16 rounding, CUDA graphs and the weight broadcast's cost show.
+    "check-teacher": TinySpec(
+        hidden_size=1024,
+        num_layers=8,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=64,
+        intermediate_size=3072,
+    ),
+    "check-student": TinySpec(
+        hidden_size=512,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=64,
+        intermediate_size=1536,
+    ),
 }
 
 
@@ -151,14 +169,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-problems", type=int, default=2000)
     parser.add_argument("--vocab-size", type=int, default=768)
+    parser.add_argument("--sizes", choices=["tiny", "check"], default="tiny",
+                        help="check: the GPU check's larger pair")  # fmt: skip
     args = parser.parse_args()
     start = time.perf_counter()
+    prefix = "check-" if args.sizes == "check" else ""
     teacher_dir, student_dir = build_tiny_pair(
-        args.out, seed=args.seed, num_problems=args.num_problems, vocab_size=args.vocab_size
+        args.out,
+        seed=args.seed,
+        num_problems=args.num_problems,
+        vocab_size=args.vocab_size,
+        teacher=f"{prefix}teacher",
+        student=f"{prefix}student",
     )
     print(f"built {teacher_dir} and {student_dir} in {time.perf_counter() - start:.1f}s")
-    for name, spec in PRESETS.items():
-        print(f"  {name}: {asdict(spec)}")
+    for name in (f"{prefix}teacher", f"{prefix}student"):
+        print(f"  {name}: {asdict(PRESETS[name])}")
 
 
 if __name__ == "__main__":
