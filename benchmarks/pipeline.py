@@ -1,14 +1,17 @@
-"""Synchronous (η = 0) vs asynchronous (η = 1) pipeline on the tiny preset, side by side.
+"""Synchronous (η = 0) vs asynchronous (η = 1) pipeline on a preset, side by side.
 
     .venv/bin/python benchmarks/pipeline.py [--iterations 12] [--warmup 2] [key=value ...]
+    .venv/bin/python benchmarks/pipeline.py --preset smollm2 --iterations 6 --warmup 1
 
-Runs ``eopd-ray train configs/tiny.yaml`` twice in one local Ray, with ``pipeline.max_staleness``
-0 then 1, and prints per stage the time per iteration and its share of the iteration's wall time,
-trained tokens/s, the async/sync ratio and step time / max(stage time) (1.0 means the stages
-overlap perfectly). The first ``--warmup`` iterations of each run (start-up effects) are left out.
-Stage times are busy times: the sampler's generate calls, the teacher replicas' batched forwards,
-the learner's train_batch and the weight push; "teacher (scoring tasks)" is the scoring tasks'
-latency from their first request to the teacher to their last result (Serve queueing included).
+Runs ``eopd-ray train configs/<preset>.yaml`` (tiny: the pair is built if missing; smollm2: needs
+``eopd-ray models smollm2 --out runs/smollm2``) twice in one local Ray, with
+``pipeline.max_staleness`` 0 then 1, and prints per stage the time per iteration and its share of
+the iteration's wall time, trained tokens/s, the async/sync ratio and step time / max(stage time)
+(1.0 means the stages overlap perfectly). The first ``--warmup`` iterations of each run (start-up
+effects) are left out. Stage times are busy times: the sampler's generate calls, the teacher
+replicas' batched forwards, the learner's train_batch and the weight push; "teacher (scoring
+tasks)" is the scoring tasks' latency from their first request to the teacher to their last
+result (Serve queueing included).
 """
 
 from __future__ import annotations
@@ -31,13 +34,26 @@ STAGES = {
     "weight sync": "time/sync_s",
     "driver wait": "time/wait_for_batch_s",
 }
+LATENCIES = {"teacher (scoring tasks)", "driver wait"}  # not busy times: not in max(stage)
 
 
-def run(eta: int, iterations: int, warmup: int, overrides: list[str], root: Path) -> dict:
-    teacher, student = prepare_tiny_models(REPO / "runs" / "tiny-models")
+def models(preset: str) -> tuple[Path, Path]:
+    """The preset's (teacher, student): the tiny pair is built if missing, SmolLM2's must exist."""
+    if preset == "tiny":
+        return prepare_tiny_models(REPO / "runs" / "tiny-models")
+    pair = REPO / "runs" / "smollm2"
+    if not (pair / "student").is_dir():
+        raise SystemExit(f"no {pair}: build it with `eopd-ray models smollm2 --out runs/smollm2`")
+    return pair / "teacher", pair / "student"
+
+
+def run(
+    preset: str, eta: int, iterations: int, warmup: int, overrides: list[str], root: Path
+) -> dict:
+    teacher, student = models(preset)
     out = root / f"eta{eta}"
     config = load_config(
-        REPO / "configs" / "tiny.yaml",
+        REPO / "configs" / f"{preset}.yaml",
         [
             f"teacher.path={teacher}",
             f"student.path={student}",
@@ -62,11 +78,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--preset", choices=["tiny", "smollm2"], default="tiny")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="eopd-bench-") as root:
         results = [
-            run(eta, args.iterations, args.warmup, args.overrides, Path(root)) for eta in (0, 1)
+            run(args.preset, eta, args.iterations, args.warmup, args.overrides, Path(root))
+            for eta in (0, 1)
         ]
     labels = [f"η={r['eta']} s/it" for r in results]
     header = f"{'stage':<24}" + "".join(f"{label:>14}{'share':>8}" for label in labels)
@@ -80,7 +98,7 @@ def main() -> None:
     print(f"{'step (wall)':<24}" + "".join(f"{r['step_s']:>14.3f}{'':>8}" for r in results))
     print()
     for r in results:
-        busiest = max(v for k, v in r["stages"].items() if k != "driver wait")
+        busiest = max(v for k, v in r["stages"].items() if k not in LATENCIES)
         print(
             f"η={r['eta']}: {r['tokens_per_s']:8.1f} trained tokens/s, "
             f"step / max(stage) = {r['step_s'] / busiest:.2f}"
