@@ -123,23 +123,14 @@ def training_prompts(config: Any, rows_needed: int) -> list[dict[str, Any]]:
     ``samples_per_prompt`` times, as conversational ``prompt`` messages."""
     from transformers import AutoTokenizer
 
-    from eopd_ray.actors.chat import PromptTooLongError, build_query, render_prompt
+    from eopd_ray.actors.chat import build_query
     from eopd_ray.data.prompts import PromptStream, load_prompts
+    from eopd_ray.train import render_requests
 
-    tokenizer = AutoTokenizer.from_pretrained(config.student.path)
-    kept = []
-    for row in load_prompts(config.data, config.seed).rows:
-        try:
-            render_prompt(
-                tokenizer,
-                row.problem,
-                config.student.chat_template,
-                config.data.prompt_suffix,
-                max_tokens=config.rollout.max_prompt_tokens,
-            )
-        except PromptTooLongError:
-            continue
-        kept.append(row)
+    # the rows eopd-ray trains on, filtered exactly as `eopd-ray train` filters them
+    requests, _ = render_requests(config, AutoTokenizer.from_pretrained(config.student.path))
+    used = {prompt_id for prompt_id, _, _ in requests}
+    kept = [row for row in load_prompts(config.data, config.seed).rows if row.prompt_id in used]
     samples = config.rollout.samples_per_prompt
     stream = PromptStream(kept, epochs=10**6, seed=config.seed)  # TRL needs no epoch end
     rows = []

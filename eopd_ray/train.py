@@ -11,7 +11,6 @@ Re-running with the same ``output_dir`` resumes from the last checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import Counter
@@ -103,21 +102,21 @@ def run_iteration(
     roles.pipeline.counters["sampler_restarts"] += sync["actors"].count(None)
     if it + 1 < iterations:
         roles.pipeline.fill()  # the next prompts start at the new version right away
-    records = trace_iteration(trace, roles, batch, Span("iteration", "iteration", wall0, 0))
+    records = trace_iteration(trace, roles, batch, started_s=wall0)
     metrics = iteration_metrics(roles, batch, train_metrics, sync, wait_s, t0, records)
     metrics |= autoscale(config, roles, metrics)  # sampler pool size; teacher replicas
     return version, metrics
 
 
 def trace_iteration(
-    trace: Tracer, roles: Roles, batch: list[ScoredRollout], iteration: Span
+    trace: Tracer, roles: Roles, batch: list[ScoredRollout], started_s: float
 ) -> list[dict[str, float]]:
     """Add the iteration's remote spans (each sampler call, each teacher batch that scored the
     batch) and the ``iteration`` span itself to the trace; returns the samplers' call records."""
     records = roles.samplers.pop_stats()
     trace.add_all(sampler_spans(records))
     trace.add_all(teacher_spans(s.teacher.forward_span for s in batch if s.teacher is not None))
-    trace.add(dataclasses.replace(iteration, end_s=time.time()))
+    trace.add(Span("iteration", "iteration", started_s, time.time()))
     trace.flush()
     return records
 

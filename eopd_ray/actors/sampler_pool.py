@@ -68,7 +68,6 @@ class SamplerPool(PoolScaling, WeightPublisher):
         self.max_attempts = max_attempts
         self._version = 0
         self._weights: Any = None  # latest pushed: the learner (collective), a ref or a path
-        self._cached_group = None  # collective: the last broadcast group and its members
         self._jobs: dict[Any, Job] = {}
         self._slots = [Slot(self._start_actor(i)) for i in range(config.num_actors)]
         self._started = config.num_actors  # actors ever started: seeds of added actors

@@ -51,7 +51,8 @@ class WeightPublisher:
     _slots: list[Slot]
     _weights: Any  # latest pushed: the learner (collective), an ObjectRef or a path
     _version: int
-    _cached_group: tuple[tuple[tuple[int, int], ...], WeightGroup] | None
+    # collective: the last broadcast group and the (index, generation) of its members
+    _cached_group: tuple[tuple[tuple[int, int], ...], WeightGroup] | None = None
     _is_alive: Callable[[int], bool]
 
     def push_weights(self, weights: Any, version: int) -> dict[str, Any]:
@@ -63,7 +64,7 @@ class WeightPublisher:
         or a safetensors folder path. Returns the wall time and each actor's timings (None for
         an actor found dead and replaced: the train loop counts it as a sampler restart)."""
         started = time.perf_counter()
-        collective = self.config.weight_sync == "collective" and hasattr(weights, "weight_group")
+        collective = self._collective(weights)
         payload = weights if collective else self._payload(weights, version)
         prepared = time.perf_counter()
         self._weights, self._version = payload, int(version)
@@ -82,10 +83,14 @@ class WeightPublisher:
         """Give actor ``index`` (fresh: restarted or just started) the latest pushed weights."""
         if self._weights is None:
             return
-        if self.config.weight_sync == "collective" and hasattr(self._weights, "weight_group"):
+        if self._collective(self._weights):
             self._broadcast([index])
         else:
             self._update([index])
+
+    def _collective(self, source: Any) -> bool:
+        """Whether ``source``'s weights go by broadcast: collective mode and a ``WeightSource``."""
+        return self.config.weight_sync == "collective" and hasattr(source, "weight_group")
 
     def _payload(self, weights: Any, version: int) -> Any:
         """What every actor's ``update_weights`` gets: an ObjectRef or a folder path."""
@@ -165,7 +170,7 @@ class WeightPublisher:
         """The broadcast group of the learner and ``todo``'s engines: the last one when the
         same actors (same generations) are the targets again and the learner still hosts it."""
         key = tuple((i, self._slots[i].generation) for i in todo)
-        cached = getattr(self, "_cached_group", None)
+        cached = self._cached_group
         reuse = cached[1] if cached is not None and cached[0] == key else None
         cfg = self.config
         group = self._weights.weight_group(
