@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline.py [--iterations 12] [--warmup 2] [key=value ...]
     .venv/bin/python benchmarks/pipeline.py --preset smollm2 --iterations 6 --warmup 1
+    .venv/bin/python benchmarks/pipeline.py --blocking-too     # η = 1 also with blocking pushes
 
 Runs ``eopd-ray train configs/<preset>.yaml`` (tiny: the pair is built if missing; smollm2: needs
 ``eopd-ray models smollm2 --out runs/smollm2``) twice in one local Ray, with
@@ -11,7 +12,9 @@ the iteration's wall time, trained tokens/s, the async/sync ratio and step time 
 effects) are left out. Stage times are busy times: the sampler's generate calls, the teacher
 replicas' batched forwards, the learner's train_batch and the weight push; "teacher (scoring
 tasks)" is the scoring tasks' latency from their first request to the teacher to their last
-result (Serve queueing included).
+result (Serve queueing included). At η = 1 the weights are published while the learner steps
+(``pipeline.overlap_publication``, the default there); ``--blocking-too`` adds a third column, η =
+1 with blocking publication, for the side-by-side ratio.
 """
 
 from __future__ import annotations
@@ -48,10 +51,16 @@ def models(preset: str) -> tuple[Path, Path]:
 
 
 def run(
-    preset: str, eta: int, iterations: int, warmup: int, overrides: list[str], root: Path
+    preset: str,
+    label: str,
+    eta: int,
+    iterations: int,
+    warmup: int,
+    overrides: list[str],
+    root: Path,
 ) -> dict:
     teacher, student = models(preset)
-    out = root / f"eta{eta}"
+    out = root / label.replace(" ", "-")
     config = load_config(
         REPO / "configs" / f"{preset}.yaml",
         [
@@ -71,7 +80,12 @@ def run(
         name: sum(r.get(key) or 0.0 for r in rows) / len(rows) for name, key in STAGES.items()
     }
     tokens = sum(r["train/num_tokens"] for r in rows)
-    return {"eta": eta, "step_s": wall / len(rows), "stages": stages, "tokens_per_s": tokens / wall}
+    return {
+        "label": label,
+        "step_s": wall / len(rows),
+        "stages": stages,
+        "tokens_per_s": tokens / wall,
+    }
 
 
 def main() -> None:
@@ -79,14 +93,19 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--preset", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--blocking-too", action="store_true", help="η = 1, blocking pushes too")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
+    variants = [("η=0", 0, []), ("η=1", 1, [])]
+    if args.blocking_too:
+        variants.append(("η=1 blocking", 1, ["pipeline.overlap_publication=false"]))
     with tempfile.TemporaryDirectory(prefix="eopd-bench-") as root:
         results = [
-            run(args.preset, eta, args.iterations, args.warmup, args.overrides, Path(root))
-            for eta in (0, 1)
-        ]
-    labels = [f"η={r['eta']} s/it" for r in results]
+            run(args.preset, label, eta, args.iterations, args.warmup,
+                [*args.overrides, *extra], Path(root))
+            for label, eta, extra in variants
+        ]  # fmt: skip
+    labels = [f"{r['label']} s/it" for r in results]
     header = f"{'stage':<24}" + "".join(f"{label:>14}{'share':>8}" for label in labels)
     print(header)
     print("-" * len(header))
@@ -100,10 +119,13 @@ def main() -> None:
     for r in results:
         busiest = max(v for k, v in r["stages"].items() if k not in LATENCIES)
         print(
-            f"η={r['eta']}: {r['tokens_per_s']:8.1f} trained tokens/s, "
+            f"{r['label']}: {r['tokens_per_s']:8.1f} trained tokens/s, "
             f"step / max(stage) = {r['step_s'] / busiest:.2f}"
         )
     print(f"async / sync tokens/s = {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
+    if args.blocking_too:
+        ratio = results[1]["tokens_per_s"] / results[2]["tokens_per_s"]
+        print(f"η=1 overlapped / blocking publication tokens/s = {ratio:.2f}x")
 
 
 if __name__ == "__main__":

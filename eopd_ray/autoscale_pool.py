@@ -29,6 +29,7 @@ class PoolScaling:
     _jobs: dict[Any, Job]
     _weights: Any  # latest pushed: the learner (collective), an ObjectRef or a path
     deliver: Callable[[int], None]
+    finish_push: Callable[[], dict[str, Any]]
     _version: int
     _started: int  # actors ever started: the seed offset of the next one
     _start_actor: Callable[[int], Any]
@@ -79,6 +80,8 @@ class PoolScaling:
         still owed to a caller keep the actor). Returns how many were removed."""
         import ray
 
+        if any(slot.state == "draining" for slot in self._slots):
+            self.finish_push()  # an overlapped push addresses actors by index: land it first
         removed = 0
         index = len(self._slots) - 1
         while index >= 0:

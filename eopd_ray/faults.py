@@ -60,6 +60,7 @@ def recover_learner(
     print(f"eopd-ray: warning: {describe_failure(failure)}; restarting the learner from {where}")
     if folder is not None:
         verify_manifest(folder)
+    roles.samplers.discard_push()  # an overlapped push from the failed learner: never lands
     version = roles.learner.restart(folder)
     roles.pipeline.reset()  # in flight / buffered: newer than the restored policy
     # Data counters go back with the data; faults happened and stay counted.

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from eopd_ray.config import BUILTIN_DATA, RunConfig
+from eopd_ray.config import RunConfig, is_named_data
 from eopd_ray.config_io import ConfigError, is_hub_id
 
 
@@ -47,6 +47,6 @@ def check_run_config(config: RunConfig) -> None:
     check_model_path("student.path", config.student.path)
     if config.teacher is not None and config.uses_teacher:
         check_model_path("teacher.path", config.teacher.path)
-    if config.data.train not in BUILTIN_DATA and not Path(config.data.train).is_file():
+    if not is_named_data(config.data.train) and not Path(config.data.train).is_file():
         raise ConfigError(f"data.train: {config.data.train} does not exist")
     check_output_dir(config.output_dir)

@@ -71,10 +71,21 @@ class SamplerRole(RolloutSamplers, Protocol):
     # the loop neither gathers nor pushes weights.
     needs_weights: bool
 
-    def push_weights(self, weights: WeightSource | Any, version: int) -> dict[str, Any]:
+    def push_weights(
+        self, weights: WeightSource | Any, version: int, overlap: bool = False
+    ) -> dict[str, Any]:
         """Send new weights to every sampler and wait; the timings (``seconds`` at least).
         ``weights``: the learner (broadcast, or its state dict, per ``sampler.weight_sync``),
-        or a state dict / its ``ObjectRef`` / a safetensors folder."""
+        or a state dict / its ``ObjectRef`` / a safetensors folder. ``overlap``: return once
+        the learner's background send has started (``finish_push`` waits for it)."""
+        ...
+
+    def finish_push(self) -> dict[str, Any]:
+        """Wait for an overlapped push still in flight; its timings (empty if none)."""
+        ...
+
+    def discard_push(self) -> None:
+        """Forget an overlapped push whose learner was restarted."""
         ...
 
     def pop_stats(self) -> list[dict[str, float]]:
@@ -142,6 +153,18 @@ class WeightSource(Protocol):
 
     def broadcast_weights(self, group: WeightGroup) -> dict[str, Any]:
         """Send the weights to ``group`` (receivers already waiting); ``error`` if one failed."""
+        ...
+
+    def stage_weights(self, group: WeightGroup) -> dict[str, float]:
+        """Copy the current weights for a later ``start_weight_send`` (overlapped publication)."""
+        ...
+
+    def start_weight_send(self, group: WeightGroup) -> None:
+        """Send the staged copy to ``group`` in the background; returns at once."""
+        ...
+
+    def join_weight_send(self) -> dict[str, Any]:
+        """The background send's timings once done; ``error`` if a receiver failed."""
         ...
 
 

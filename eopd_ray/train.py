@@ -71,6 +71,7 @@ def train(config: RunConfig, address: str | None = None, progress: bool = True) 
                 log.rewind(it)
         with trace.scope("checkpoint", step=it):
             final = save_checkpoint(roles, out, it)
+        roles.samplers.finish_push()  # an overlapped last push lands before the roles stop
         log.close()
         trace.close()
         if config.pipeline.trace:
@@ -98,7 +99,7 @@ def run_iteration(
     check_finite(config, roles, Path(config.output_dir), it)  # skipped steps in a row: stop
     version = roles.learner.version
     with trace.scope("publish weights", "weights", version=version):
-        sync = publish_weights(roles, version)  # to the samplers (kd: none)
+        sync = publish_weights(roles, version, config.overlaps_publication)  # kd: none
     roles.pipeline.counters["sampler_restarts"] += sync["actors"].count(None)
     if it + 1 < iterations:
         roles.pipeline.fill()  # the next prompts start at the new version right away
@@ -232,12 +233,13 @@ def start_samplers(
     return TeacherResponses.from_file(responses, version=learner_version)
 
 
-def publish_weights(roles: Roles, version: int) -> dict[str, Any]:
+def publish_weights(roles: Roles, version: int, overlap: bool = False) -> dict[str, Any]:
     """Push the learner's new weights to the samplers; timings (``seconds``, ``actors``). Samplers
-    that replay fixed responses (kd) need none, so the weights are not even gathered."""
+    that replay fixed responses (kd) need none, so the weights are not even gathered. ``overlap``
+    (η >= 1): returns once the send has started; the next push waits for it."""
     if not roles.samplers.needs_weights:
         return {"seconds": 0.0, "actors": []}
-    return roles.samplers.push_weights(roles.learner, version)  # per sampler.weight_sync
+    return roles.samplers.push_weights(roles.learner, version, overlap=overlap)
 
 
 def render_requests(config: RunConfig, tokenizer: Any) -> tuple[list[Request], Counter[str]]:
@@ -320,7 +322,8 @@ def iteration_metrics(
         "time/teacher_s": sum(s.stats.get("teacher_s", 0.0) for s in batch),  # incl. queueing
         "time/teacher_busy_s": teacher_busy_s(batch),
         "time/learner_s": train.get("time_s", float("nan")),
-        "time/sync_s": sync["seconds"],
+        "time/sync_s": sync["seconds"],  # the driver's wait (overlapped: start of the send)
+        "sync/overlapped": float(sync.get("overlapped", False)),
         "time/trained_tokens_per_s": tokens / wall if wall > 0 else float("nan"),
         "version": float(roles.learner.version),
     }

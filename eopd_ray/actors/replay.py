@@ -164,9 +164,16 @@ class TeacherResponses:
         """Replayed chunks exist whole at once: nothing to stream."""
         return None
 
-    def push_weights(self, weights: Any, version: int) -> dict[str, Any]:
+    def push_weights(self, weights: Any, version: int, overlap: bool = False) -> dict[str, Any]:
         """Nothing to load (see the module docstring): the timings of a push that took no time."""
         return {"seconds": 0.0, "actors": []}
+
+    def finish_push(self) -> dict[str, Any]:
+        """No push is ever in flight."""
+        return {}
+
+    def discard_push(self) -> None:
+        """No push is ever in flight."""
 
     def pop_stats(self) -> list[dict[str, float]]:
         """Per-``submit`` records since the last pop (``seconds`` spent building the rollouts)."""

@@ -310,6 +310,8 @@ class SamplerPool(PoolScaling, WeightPublisher):
         """Stop every engine cleanly, then kill the actors."""
         import ray
 
+        with contextlib.suppress(Exception):  # an overlapped push in flight: let it land
+            self.finish_push()
         refs = [control(s.actor, "shutdown").remote() for s in self._slots]
         for ref in refs:
             with contextlib.suppress(Exception):

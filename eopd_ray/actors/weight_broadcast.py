@@ -22,6 +22,7 @@ the others fail instead of hang, and the pool replaces it and broadcasts again
 from __future__ import annotations
 
 import datetime
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -126,6 +127,8 @@ class WeightSender:
         self.member = GroupMember()
         self.store: Any = None
         self.host = host
+        self.staged: list[torch.Tensor] = []  # overlapped publication: the copy being sent
+        self._sending: tuple[threading.Thread, dict[str, Any]] | None = None
         if rank == 0:
             from torch import distributed as dist
 
@@ -143,33 +146,95 @@ class WeightSender:
         )
 
     def send(self, group: WeightGroup) -> dict[str, Any]:
-        """Broadcast every bucket (all ranks call this; only rank 0 sends). A failure of the
-        group (a receiver died or timed out) is returned as ``error``, not raised: the learners
-        are fine, and under ZeRO-3 rank 0 keeps taking part in the gathers so no rank hangs."""
+        """Broadcast every bucket straight from the engine (all ranks call this; only rank 0
+        sends). A failure of the group (a receiver died or timed out) is returned as ``error``,
+        not raised: the learners are fine, and under ZeRO-3 rank 0 keeps taking part in the
+        gathers so no rank hangs."""
         started = time.perf_counter()
-        error: str | None = None
-        pg = None
-        if self.rank == 0:
-            try:
-                pg = self.member.join(group, 0)
-            except RuntimeError as exc:  # a member never came: the rendezvous timed out
-                error = _first_line(exc)
+        pg, error = self._join(group)
         joined, sent = time.perf_counter(), 0
-        for bucket in group.buckets():
-            tensors = [self.named[i][1] for i in bucket]
-            with self._gathered(tensors):
-                if pg is None or error is not None:
-                    continue
-                flat = _flatten(tensors, group.backend)
-                try:
-                    _broadcast(pg, flat)
-                except RuntimeError as exc:  # gloo / NCCL: a peer closed or timed out
-                    error = _first_line(exc)
-                    self.member = GroupMember()  # never reuse a broken group
-                sent += flat.numel() * flat.element_size()
+        for flat in self._flat_buckets(group):
+            if flat is None or pg is None or error is not None:
+                continue
+            error = self._send_one(pg, flat)
+            sent += flat.numel() * flat.element_size()
         timings: dict[str, Any] = {"join_s": joined - started, "bytes": float(sent),
                                    "send_s": time.perf_counter() - joined}  # fmt: skip
         return timings | ({"error": error} if error else {})
+
+    def stage(self, group: WeightGroup) -> dict[str, float]:
+        """Copy the current weights, bucketed as ``group`` sends them, for ``start_send``
+        (overlapped publication: training may change the engine's weights meanwhile). Every
+        rank calls this (ZeRO-3: the gathers); rank 0 keeps the copy."""
+        started = time.perf_counter()
+        staged = [flat for flat in self._flat_buckets(group) if flat is not None]
+        self.join_send()  # an earlier send still reading the previous copy
+        self.staged = staged
+        nbytes = sum(flat.numel() * flat.element_size() for flat in staged)
+        return {"stage_s": time.perf_counter() - started, "bytes": float(nbytes)}
+
+    def start_send(self, group: WeightGroup) -> None:
+        """Rank 0: broadcast the staged copy from a thread and return at once (the actor goes
+        on training); ``join_send`` gives the timings. Other ranks: nothing to do."""
+        if self.rank != 0:
+            return
+        self.join_send()  # one send at a time
+        result: dict[str, Any] = {}
+        staged = self.staged
+
+        def run() -> None:
+            started = time.perf_counter()
+            try:
+                pg, error = self._join(group)
+                joined = time.perf_counter()
+                for flat in staged:
+                    if pg is None or error is not None:
+                        break
+                    error = self._send_one(pg, flat)
+            except BaseException as exc:  # reported by join_send, never lost in the thread
+                joined, error = time.perf_counter(), _first_line(exc)
+            result.update(join_s=joined - started, send_s=time.perf_counter() - joined)
+            result.update(bytes=float(sum(f.numel() * f.element_size() for f in staged)))
+            result.update({"error": error} if error else {})
+
+        thread = threading.Thread(target=run, name="eopd-weight-send", daemon=True)
+        thread.start()
+        self._sending = (thread, result)
+
+    def join_send(self) -> dict[str, Any]:
+        """The last ``start_send``'s timings (``error`` if a receiver failed), once it is done;
+        bounded by the group's time-out. Empty when none was started."""
+        if self._sending is None:
+            return {}
+        thread, result = self._sending
+        thread.join()
+        self._sending = None
+        return result
+
+    def _join(self, group: WeightGroup) -> tuple[Any, str | None]:
+        """Rank 0's process group of ``group`` (None elsewhere), or the rendezvous error."""
+        if self.rank != 0:
+            return None, None
+        try:
+            return self.member.join(group, 0), None
+        except RuntimeError as exc:  # a member never came: the rendezvous timed out
+            return None, _first_line(exc)
+
+    def _send_one(self, pg: Any, flat: torch.Tensor) -> str | None:
+        try:
+            _broadcast(pg, flat)
+        except RuntimeError as exc:  # gloo / NCCL: a peer closed or timed out
+            self.member = GroupMember()  # never reuse a broken group
+            return _first_line(exc)
+        return None
+
+    def _flat_buckets(self, group: WeightGroup) -> Iterator[torch.Tensor | None]:
+        """Each bucket as one contiguous copy on rank 0 (None on the others); under ZeRO-3
+        every rank takes part in the bucket's gather."""
+        for bucket in group.buckets():
+            tensors = [self.named[i][1] for i in bucket]
+            with self._gathered(tensors):
+                yield _flatten(tensors, group.backend) if self.rank == 0 else None
 
     def _gathered(self, tensors: list[torch.Tensor]) -> Any:
         params = [t for t in tensors if hasattr(t, "ds_id")]

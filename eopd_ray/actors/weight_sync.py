@@ -30,6 +30,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,16 @@ if TYPE_CHECKING:
     from eopd_ray.actors.pool_slots import Slot
     from eopd_ray.actors.weight_broadcast import WeightGroup
     from eopd_ray.config import SamplerConfig
+
+
+@dataclass
+class _Broadcast:
+    """One broadcast in flight: its group, the receivers' refs by actor index and, when sent
+    from the engine (blocking), the learner's reply."""
+
+    group: WeightGroup
+    refs: dict[int, Any]
+    sent: dict[str, Any] | None
 
 
 class WeightPublisher:
@@ -53,37 +64,74 @@ class WeightPublisher:
     _version: int
     # collective: the last broadcast group and the (index, generation) of its members
     _cached_group: tuple[tuple[tuple[int, int], ...], WeightGroup] | None = None
+    _overlapped: _Broadcast | None = None  # an overlapped push still being sent
+    _staged = False  # the learner holds a staged copy of the latest pushed weights
     _is_alive: Callable[[int], bool]
 
-    def push_weights(self, weights: Any, version: int) -> dict[str, Any]:
+    def push_weights(self, weights: Any, version: int, overlap: bool = False) -> dict[str, Any]:
         """Send new weights to every actor and wait until all have them.
 
         ``weights``: the learner group (a ``WeightSource``: broadcast under ``collective``, else
         its state dict), a state dict (put in the object store once, or written to
         ``sync_dir/v{version}`` when ``config.weight_sync == "disk"``), an ``ObjectRef`` of one,
         or a safetensors folder path. Returns the wall time and each actor's timings (None for
-        an actor found dead and replaced: the train loop counts it as a sampler restart)."""
+        an actor found dead and replaced: the train loop counts it as a sampler restart).
+
+        ``overlap`` (collective only; the train loop asks for it at η ≥ 1): the learner copies
+        the weights and sends them in the background; this returns once the copy is made and the
+        send has started, and ``finish_push`` (called by the next push, ``deliver`` and
+        shutdown) waits for it. ``actors`` is then that of the previous overlapped push."""
         started = time.perf_counter()
+        previous = self.finish_push()
         collective = self._collective(weights)
         payload = weights if collective else self._payload(weights, version)
         prepared = time.perf_counter()
         self._weights, self._version = payload, int(version)
         # Starting actors get the newest weights when they become active (activate_ready).
         targets = [i for i, s in enumerate(self._slots) if s.state != "starting"]
-        per_actor = self._broadcast(targets) if collective else self._update(targets)
-        self.retire_weight_versions()  # every engine has this version now
+        if collective and overlap:
+            per_actor = previous.get("actors", [])
+            self._overlapped = self._start_overlapped(targets)
+        else:
+            self._staged = False
+            per_actor = self._broadcast(targets) if collective else self._update(targets)
+            self.retire_weight_versions()  # every engine has this version now
         return {
             "seconds": time.perf_counter() - started,
             "prepare_s": prepared - started,
             "version": version,
             "actors": per_actor,
+            "overlapped": bool(collective and overlap),
         }
+
+    def finish_push(self) -> dict[str, Any]:
+        """Wait for the overlapped push in flight, if any: its receivers' timings (``actors``,
+        None for an actor replaced) once every live actor has the weights; a broadcast that
+        failed part-way is repeated (from the learner's staged copy) like a blocking one."""
+        flight, self._overlapped = self._overlapped, None
+        if flight is None:
+            return {}
+        started = time.perf_counter()
+        results: dict[int, dict[str, float] | None] = {}
+        failed, _ = self._finish_broadcast(flight, results)
+        todo = self._replace_dead(failed, results)
+        if todo:  # the survivors again, in a new group (the staged copy is still this version)
+            self._broadcast(todo, results, attempts=1)
+        per_actor = [results[i] for i in flight.refs]
+        return {"seconds": time.perf_counter() - started, "actors": per_actor}
+
+    def discard_push(self) -> None:
+        """Forget an overlapped push whose learner is gone (restarted from a checkpoint): its
+        receivers fail on their own (the sender's connections closed), and the restored weights
+        are pushed next."""
+        self._overlapped, self._staged, self._cached_group = None, False, None
 
     def deliver(self, index: int) -> None:
         """Give actor ``index`` (fresh: restarted or just started) the latest pushed weights."""
         if self._weights is None:
             return
         if self._collective(self._weights):
+            self.finish_push()  # one broadcast at a time; the staged copy is the latest version
             self._broadcast([index])
         else:
             self._update([index])
@@ -125,28 +173,41 @@ class WeightPublisher:
                 per_actor.append(None)
         return per_actor
 
-    def _broadcast(self, targets: list[int]) -> list[dict[str, float] | None]:
+    def _broadcast(
+        self,
+        targets: list[int],
+        results: dict[int, dict[str, float] | None] | None = None,
+        attempts: int = 2,
+    ) -> list[dict[str, float] | None]:
         """Collective sync to ``targets``: a dead actor is replaced (None; the fresh one gets the
         weights in a group of its own), a broadcast that failed part-way is repeated once for
         the survivors, in a new group."""
-        results: dict[int, dict[str, float] | None] = {}
+        results = {} if results is None else results
         todo = self._replace_dead(targets, results)
-        for attempt in (1, 2):
+        for attempt in range(1, attempts + 1):
             if not todo:
                 break
-            failed, error = self._broadcast_once(todo, results)
+            failed, error = self._finish_broadcast(self._start_broadcast(todo), results)
             todo = self._replace_dead(failed, results)
-            if todo and attempt == 2:
-                raise RuntimeError(f"weight broadcast to samplers {todo} failed twice: {error}")
+            if todo and attempt == attempts:
+                raise RuntimeError(f"weight broadcast to samplers {todo} failed: {error}")
         return [results[i] for i in targets]
 
-    def _broadcast_once(
-        self, todo: list[int], results: dict[int, dict[str, float] | None]
-    ) -> tuple[list[int], str | None]:
-        """One broadcast: the receivers wait in their control group, then the learner sends.
-        Returns the targets whose receive failed and the learner's error, if any."""
-        import ray
+    def _start_overlapped(self, targets: list[int]) -> _Broadcast | None:
+        """Stage the learner's weights, then start sending them to the live ``targets``; a dead
+        one is replaced (and gets the staged copy in a group of its own)."""
+        alive = [i for i in targets if self._is_alive(i)]
+        self._weights.stage_weights(self._group_for(alive or targets))  # this version's copy
+        self._staged = True  # from now on every send to an engine is of this copy
+        for i in targets:
+            if i not in alive:
+                self.restart(i)
+        return self._start_broadcast(alive) if alive else None
 
+    def _start_broadcast(self, todo: list[int]) -> _Broadcast:
+        """The receivers wait in their control group, then the learner sends: from the engine
+        (blocking, replied in ``sent``) or, after an overlapped push, its staged copy (in the
+        background: ``join_weight_send``)."""
         group = self._group_for(todo)
         tp = self.config.tensor_parallel_size
         refs = {
@@ -155,11 +216,23 @@ class WeightPublisher:
             )
             for k, i in enumerate(todo)
         }
-        sent = self._weights.broadcast_weights(group)
+        if self._staged:
+            self._weights.start_weight_send(group)
+            return _Broadcast(group, refs, None)
+        return _Broadcast(group, refs, self._weights.broadcast_weights(group))
+
+    def _finish_broadcast(
+        self, flight: _Broadcast, results: dict[int, dict[str, float] | None]
+    ) -> tuple[list[int], str | None]:
+        """Collect the receivers of ``flight``; returns the targets whose receive failed and the
+        learner's error, if any."""
+        import ray
+
+        sent = flight.sent if flight.sent is not None else self._weights.join_weight_send()
         failed = []
-        for i, ref in refs.items():
+        for i, ref in flight.refs.items():
             try:
-                results[i] = ray.get(ref, timeout=group.timeout_s)
+                results[i] = ray.get(ref, timeout=flight.group.timeout_s)
             except ray.exceptions.RayError:  # died, timed out, or its group broke
                 failed.append(i)
         if failed or "error" in sent:

@@ -1,11 +1,12 @@
-"""Training prompts: load rows from JSONL (or the synthetic task), skip bad ones, stream epochs.
+"""Training prompts: load rows (a built-in source, a local file, a Hugging Face dataset), skip bad
+ones, stream epochs.
 
 ``load_prompts(config.data, seed)`` gives the rows, ``PromptStream(rows, epochs, seed)`` hands them
 out batch by batch (``take``), reshuffled per epoch and resumable from a saved ``position``.
 
 A row that is not UTF-8 or not valid JSON, has no prompt field, a prompt that is not a string or
-is empty, is skipped and counted by reason with its first line numbers (printed at start-up and in
-``summary.json``), never silently trained on; a UTF-8 byte-order mark is ignored.
+is empty, is skipped and counted by reason with its first line (or row) numbers (printed at
+start-up and in ``summary.json``), never silently trained on; a UTF-8 byte-order mark is ignored.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from eopd_ray.config import DataConfig
+from eopd_ray.config import HF_DATA_PREFIX, DataConfig
 
 _LINES_KEPT = 5  # line numbers kept per skip reason
 
@@ -58,8 +60,8 @@ class PromptSet:
 
 def load_prompts(data: DataConfig, seed: int) -> PromptSet:
     """Rows of ``data.train``: ``synthetic`` (the task's problems outside its held-out set),
-    ``math`` (MATH outside MATH-500, ``data.levels``), or JSONL with ``prompt_field`` /
-    ``answer_field``."""
+    ``math`` (MATH outside MATH-500, ``data.levels``), or the rows of a ``.jsonl`` / ``.json`` /
+    ``.parquet`` file or an ``hf:<name>`` dataset, with ``prompt_field`` / ``answer_field``."""
     if data.train == "synthetic":
         from eopd_ray.data.synthetic_math.held_out import training_problems
 
@@ -75,17 +77,57 @@ def load_prompts(data: DataConfig, seed: int) -> PromptSet:
         if not problems:
             raise ValueError(f"data.train: math has no problems at levels {data.levels}")
         return PromptSet([PromptRow(i, p.problem, p.answer) for i, p in enumerate(problems)])
+    result = PromptSet(rows=[])
+    for number, row in _source_rows(data, result):
+        parsed = _check_row(row, data, result, number)
+        if parsed is not None:
+            result.rows.append(PromptRow(number - 1, *parsed))
+    if not result.rows:
+        raise ValueError(f"data.train: {data.train} has no usable rows ({result.describe_skips()})")
+    return result
+
+
+def _source_rows(data: DataConfig, result: PromptSet) -> Iterator[tuple[int, Any]]:
+    """(row number from 1, decoded row) of ``data.train``: a Hugging Face dataset, a ``.json``
+    list or ``.parquet`` table (``eopd_ray/eval/benchmarks.py`` reads them, as for benchmark
+    files), or JSONL, whose undecodable lines are counted in ``result`` and skipped."""
+    if data.train.startswith(HF_DATA_PREFIX):
+        yield from enumerate(_hf_rows(data), start=1)
+        return
     path = Path(data.train)
     if not path.is_file():
         raise FileNotFoundError(f"data.train: {path} does not exist")
-    result = PromptSet(rows=[])
+    if path.suffix.lower() in (".json", ".parquet"):
+        from eopd_ray.eval.benchmarks import BenchmarkError, read_rows
+
+        try:
+            yield from enumerate(read_rows(path), start=1)
+        except BenchmarkError as exc:
+            raise ValueError(f"data.train: {exc}") from None
+        return
     for line_no, line in _lines(path, result):
-        row = _parse_row(line, data, result, line_no)
-        if row is not None:
-            result.rows.append(PromptRow(line_no - 1, *row))
-    if not result.rows:
-        raise ValueError(f"data.train: {path} has no usable rows ({result.describe_skips()})")
-    return result
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError:
+            result.skip("invalid JSON", line_no)
+
+
+def _hf_rows(data: DataConfig) -> list[dict[str, Any]]:
+    """The rows of ``hf:<name>`` (``hf_subset``, ``hf_split``) through ``datasets``; one-line
+    errors when the package is missing or the dataset cannot be had (no hub, a wrong name)."""
+    name = data.train.removeprefix(HF_DATA_PREFIX)
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            f"data.train: {data.train} needs the datasets package (pip install datasets)"
+        ) from None
+    try:
+        rows = datasets.load_dataset(name, data.hf_subset, split=data.hf_split)
+    except Exception as exc:  # no hub, no such dataset / subset / split: say which, in one line
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ValueError(f"data.train: {data.train} could not be loaded: {first}") from None
+    return list(rows)
 
 
 def _lines(path: Path, result: PromptSet) -> Iterator[tuple[int, str]]:
@@ -104,24 +146,19 @@ def _lines(path: Path, result: PromptSet) -> Iterator[tuple[int, str]]:
                 yield line_no, line
 
 
-def _parse_row(
-    line: str, data: DataConfig, result: PromptSet, line_no: int
+def _check_row(
+    row: Any, data: DataConfig, result: PromptSet, number: int
 ) -> tuple[str, str | None] | None:
-    """(problem, answer) of one JSONL line, or None after counting why it is skipped."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
-        result.skip("invalid JSON", line_no)
-        return None
-    if not isinstance(row, dict) or data.prompt_field not in row:
-        result.skip(f"no '{data.prompt_field}' field", line_no)
+    """(problem, answer) of one decoded row, or None after counting why it is skipped."""
+    if not isinstance(row, dict) or row.get(data.prompt_field) is None:  # tables: missing = None
+        result.skip(f"no '{data.prompt_field}' field", number)
         return None
     problem = row[data.prompt_field]
     if not isinstance(problem, str):
-        result.skip(f"'{data.prompt_field}' is not a string", line_no)
+        result.skip(f"'{data.prompt_field}' is not a string", number)
         return None
     if not problem.strip():
-        result.skip("empty prompt", line_no)
+        result.skip("empty prompt", number)
         return None
     answer = row.get(data.answer_field)
     return problem, None if answer is None else str(answer)

@@ -12,7 +12,7 @@ and errors raised where they happen (:class:`LearnerGroupError`); :mod:`eopd_ray
 is one rank (an iteration of Algorithm 1, weights, checkpoints) and :mod:`eopd_ray.learners.engine`
 its DeepSpeed engine. This module is the driver's facade: batch sharding (``batch.py``), the
 training options, the aggregation of the ranks' metrics (``train_metrics.py``), versions, and
-recovery.
+recovery; its weight-source half (collective sync) is in ``weight_source.py``.
 
 Failures. A failed group (a worker raised, died or timed out; all its workers are then killed)
 refuses further calls; :meth:`LearnerGroup.restart` builds a fresh one (new placement group, new
@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from eopd_ray.actors.weight_broadcast import TensorSpec, WeightGroup
+from eopd_ray.actors.weight_broadcast import TensorSpec
 from eopd_ray.config import (
     LearnerConfig,
     LossConfig,
@@ -52,6 +52,7 @@ from eopd_ray.config import (
 )
 from eopd_ray.learners.batch import count_tokens, micro_batches, shard_by_tokens, split_mini_batches
 from eopd_ray.learners.train_metrics import aggregate_train_replies
+from eopd_ray.learners.weight_source import LearnerWeights
 from eopd_ray.learners.worker import DS_SUBDIR
 from eopd_ray.learners.worker_group import LearnerGroupError, WorkerGroup
 from eopd_ray.rollout import ScoredRollout
@@ -99,7 +100,7 @@ def train_options(
     }
 
 
-class LearnerGroup:
+class LearnerGroup(LearnerWeights):
     """Data-parallel DeepSpeed learners, plain Ray actors driven one call at a time.
 
     Needs a running Ray (``ray.init``). Construction starts the workers and waits until every rank
@@ -297,35 +298,6 @@ class LearnerGroup:
         """The full student weights as CPU tensors (gathered on rank 0; works under ZeRO-3)."""
         self._check_usable()
         return self._call("state_dict")[0]
-
-    def weight_group(
-        self,
-        world_size: int,
-        backend: str,
-        timeout_s: float,
-        bucket_bytes: int,
-        reuse: WeightGroup | None = None,
-    ) -> WeightGroup:
-        """A broadcast group of rank 0 and ``world_size - 1`` engine workers (collective weight
-        sync, ``eopd_ray/actors/weight_broadcast.py``); rank 0 hosts its rendezvous. ``reuse``
-        is returned when these workers (not restarted since) host it and its size fits."""
-        self._check_usable()
-        if self._sender is None:
-            self._sender = self._call("open_weight_sender")[0]
-        host, port, specs = self._sender
-        if reuse is not None and (reuse.host, reuse.port, reuse.world_size) == (
-            host, port, world_size,
-        ):  # fmt: skip
-            return reuse
-        backend = backend if self.learner.use_gpu else "gloo"  # NCCL needs GPUs on both sides
-        name = f"{self.name}-{uuid.uuid4().hex[:8]}"
-        return WeightGroup(name, host, port, world_size, backend, timeout_s, specs, bucket_bytes)
-
-    def broadcast_weights(self, group: WeightGroup) -> dict[str, Any]:
-        """Broadcast the current weights to ``group``'s members (who must be receiving); rank
-        0's timings, or ``error`` when a receiver failed (the learners themselves are fine)."""
-        self._check_usable()
-        return self._call("broadcast_weights", (group,))[0]
 
     def save_checkpoint(self, folder: str | os.PathLike) -> Path:
         """Write a Hugging Face folder (safetensors, config, tokenizer) plus the resume state.

@@ -317,6 +317,18 @@ class LearnerWorker:
         """Every rank: send the weights to ``group`` (rank 0 broadcasts; ZeRO-3 ranks gather)."""
         return self._sender.send(group)
 
+    def stage_weights(self, group: WeightGroup) -> dict[str, float]:
+        """Every rank: copy this version's weights for an overlapped send (ZeRO-3 ranks gather)."""
+        return self._sender.stage(group)
+
+    def start_weight_send(self, group: WeightGroup) -> None:
+        """Rank 0: send the staged copy to ``group`` from a thread; returns at once."""
+        self._sender.start_send(group)
+
+    def join_weight_send(self) -> dict[str, Any]:
+        """Rank 0: the staged send's timings once it is done (``error`` if a receiver failed)."""
+        return self._sender.join_send()
+
     def save(self, folder: Path, version: int) -> dict[str, Any]:
         """Rank 0 writes the HF folder; every rank its part of the DeepSpeed state."""
         sd = self.state_dict()

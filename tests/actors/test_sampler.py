@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hf_reference import assert_matches_hf, hf_logprobs
 
 from eopd_ray.actors.chat import (
     PromptTooLongError,
@@ -174,33 +175,6 @@ def _perturbed(student, seed: int) -> dict:
     return out
 
 
-def _hf_logprobs(student, weights: Mapping | None, rollout) -> list[float]:
-    """log π(x_t | c_t) of the sampled tokens under ``weights`` (None: the checkpoint)."""
-    import torch
-
-    original = None
-    if weights is not None:
-        original = {k: v.clone() for k, v in student.state_dict().items()}
-        student.load_state_dict(weights)
-    try:
-        ids = torch.tensor([rollout.prompt_ids + rollout.response_ids])
-        with torch.no_grad():
-            logp = torch.log_softmax(student(ids).logits[0].float(), dim=-1)
-        start = len(rollout.prompt_ids) - 1
-        positions = torch.arange(start, start + len(rollout.response_ids))
-        return logp[positions, torch.tensor(rollout.response_ids)].tolist()
-    finally:
-        if original is not None:
-            student.load_state_dict(original)
-
-
-def _assert_matches_hf(student, weights, rollouts) -> None:
-    for r in rollouts:
-        ref = _hf_logprobs(student, weights, r)
-        worst = max(abs(a - b) for a, b in zip(ref, r.behaviour_logprobs, strict=True))
-        assert worst < ATOL, f"prompt {r.prompt_id} sample {r.sample_index}: |Δ| = {worst:.2e}"
-
-
 def test_generate_rollouts_match_hf(pool, student, requests, tokenizer) -> None:
     vocab = tokenizer.get_vocab()
     stop_ids = {tokenizer.eos_token_id, vocab["<|im_end|>"]}
@@ -223,7 +197,7 @@ def test_generate_rollouts_match_hf(pool, student, requests, tokenizer) -> None:
         assert (r.finish_reason == "length") == (len(r) == 12)
         if r.finish_reason == "stop":  # the stop token is part of the response
             assert r.response_ids[-1] in stop_ids
-    _assert_matches_hf(student, None, rollouts)
+    assert_matches_hf(student, None, rollouts)
     # Same seed, same samples, whatever the batching.
     again = pool.generate(requests[:1], n=3, max_tokens=12, seed=7)
     assert [r.response_ids for r in again] == [r.response_ids for r in rollouts[:3]]
@@ -280,7 +254,7 @@ def test_push_weights_object_store_and_disk(pool, student, requests, tmp_path: P
     print(f"\nobject-store push {info['seconds'] * 1e3:.0f} ms {info['actors']}")
     rollouts = pool.generate(requests, n=2, max_tokens=10, seed=3)
     assert all(r.versions == [1] * len(r) for r in rollouts)
-    _assert_matches_hf(student, new, rollouts)
+    assert_matches_hf(student, new, rollouts)
 
     # Disk: a safetensors folder written by the caller...
     newer = _perturbed(student, seed=2)
@@ -290,7 +264,7 @@ def test_push_weights_object_store_and_disk(pool, student, requests, tmp_path: P
     pool.push_weights(str(folder), version=2)
     rollouts = pool.generate(requests, n=2, max_tokens=10, seed=3)
     assert all(r.versions == [2] * len(r) for r in rollouts)
-    _assert_matches_hf(student, newer, rollouts)
+    assert_matches_hf(student, newer, rollouts)
 
     # ... or written by the pool itself with weight_sync=disk.
     pool.config, object_store = SamplerConfig(num_actors=1, weight_sync="disk"), pool.config
@@ -303,7 +277,7 @@ def test_push_weights_object_store_and_disk(pool, student, requests, tmp_path: P
     print(f"disk push {info['seconds'] * 1e3:.0f} ms")
     rollouts = pool.generate(requests[:2], n=1, max_tokens=10, seed=3)
     assert all(r.versions == [3] * len(r) for r in rollouts)
-    _assert_matches_hf(student, new, rollouts)
+    assert_matches_hf(student, new, rollouts)
 
 
 def test_update_during_generation_labels_tokens(pool, student, requests) -> None:
@@ -322,7 +296,7 @@ def test_update_during_generation_labels_tokens(pool, student, requests) -> None
     assert any(set(r.versions) == {4, 5} for r in rollouts)
     for r in rollouts:
         assert r.versions == sorted(r.versions) and set(r.versions) <= {4, 5}
-        by_version = {v: _hf_logprobs(student, w, r) for v, w in ((4, old), (5, new))}
+        by_version = {v: hf_logprobs(student, w, r) for v, w in ((4, old), (5, new))}
         for t, (v, lp) in enumerate(zip(r.versions, r.behaviour_logprobs, strict=True)):
             assert abs(by_version[v][t] - lp) < ATOL, f"token {t} of version {v}"
 
@@ -348,4 +322,58 @@ def test_killed_actor_is_replaced_at_current_weights(pool, student, requests) ->
         (pid, i) for pid, _, _ in requests for i in range(2)
     ]
     assert all(r.versions == [6] * len(r) for r in rollouts)
-    _assert_matches_hf(student, weights, rollouts)
+    assert_matches_hf(student, weights, rollouts)
+
+
+class _DriverSource:
+    """The learner's part of a collective push, played by this process: a ``WeightSender`` over
+    a Hugging Face model (``eopd_ray.roles.WeightSource``)."""
+
+    def __init__(self, model) -> None:
+        from eopd_ray.actors.weight_broadcast import WeightSender
+
+        self.sender = WeightSender(model, rank=0, zero_stage=0, host="127.0.0.1")
+
+    def weight_group(self, world_size, backend, timeout_s, bucket_bytes, reuse=None):
+        from eopd_ray.actors.weight_broadcast import WeightGroup
+
+        if reuse is not None and reuse.world_size == world_size:
+            return reuse
+        name, specs = f"driver-{time.monotonic_ns()}", self.sender.specs()
+        return WeightGroup(
+            name, "127.0.0.1", self.sender.port, world_size, "gloo", timeout_s, specs, bucket_bytes
+        )
+
+    def broadcast_weights(self, group):
+        return self.sender.send(group)
+
+    def stage_weights(self, group):
+        return self.sender.stage(group)
+
+    def start_weight_send(self, group):
+        self.sender.start_send(group)
+
+    def join_weight_send(self):
+        return self.sender.join_send()
+
+
+def test_overlapped_collective_push_delivers_the_staged_version(pool, student, requests) -> None:
+    """η >= 1: the push returns while the weights travel and the source changes them (the next
+    learner step); the engine ends with exactly the staged version's weights and label."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    staged = _perturbed(student, seed=10)
+    model = AutoModelForCausalLM.from_pretrained(pool.model_path, dtype=torch.float32)
+    model.load_state_dict(staged)
+    info = pool.push_weights(_DriverSource(model), version=10, overlap=True)
+    assert info["overlapped"] and pool.version == 10
+    with torch.no_grad():  # the next learner step, while the copy is being sent
+        for param in model.parameters():
+            param.mul_(1.5)
+    landed = pool.finish_push()
+    assert [a["version"] for a in landed["actors"]] == [10.0]
+    assert pool.finish_push() == {}  # nothing in flight any more
+    rollouts = pool.generate(requests, n=2, max_tokens=10, seed=3)
+    assert all(r.versions == [10] * len(r) for r in rollouts)
+    assert_matches_hf(student, staged, rollouts)

@@ -109,3 +109,72 @@ def test_a_member_leaves_the_previous_group_when_it_joins_a_new_one() -> None:
         sender.member.join(group, 0)
         joining.join(timeout=30)
         assert member.name == group.name
+
+
+def test_a_staged_copy_is_sent_while_the_model_trains_on() -> None:
+    """Overlapped publication: what arrives is the version staged, not the weights changed
+    after it (the learner's next step runs during the send)."""
+    model = _Model()
+    sender = WeightSender(model, rank=0, zero_stage=0, host="127.0.0.1")
+    group = _group(sender, world=2)
+    staged = {k: v.clone() for k, v in model.state_dict().items()}
+    assert sender.stage(group)["bytes"] == sum(s.nbytes for s in group.tensors)
+    with torch.no_grad():  # the next step, before the send has even started
+        model.proj.weight.add_(1.0)
+    worker = _Worker()
+    receiving = threading.Thread(target=receive_into_engine, args=(worker, group, 1))
+    receiving.start()
+    sender.start_send(group)  # returns at once
+    with torch.no_grad():
+        model.embed.weight.mul_(2.0)
+    sent = sender.join_send()
+    receiving.join(timeout=30)
+    assert "error" not in sent and sent["bytes"] == sum(s.nbytes for s in group.tensors)
+    for name, value in staged.items():
+        assert torch.equal(worker.loaded[name], value)
+    assert not torch.equal(worker.loaded["proj.weight"], model.proj.weight)
+    assert sender.join_send() == {}  # nothing in flight any more
+
+
+def _receive_one_bucket_then_die(group: WeightGroup, rank: int) -> None:
+    """A receiver process that takes the first bucket and dies without a word."""
+    import os
+
+    from eopd_ray.actors.weight_broadcast import receive
+
+    pg = GroupMember().join(group, rank)
+    next(iter(receive(pg, group, "cpu")))
+    os._exit(1)
+
+
+def test_a_receiver_that_dies_mid_broadcast_fails_the_send_within_the_time_out() -> None:
+    """Rank 2 dies after the first bucket: the sender and the surviving receiver end with an
+    error within the group's time-out (the pool then replaces the dead sampler and sends the
+    survivors the weights again), nobody hangs."""
+    import multiprocessing
+
+    sender = WeightSender(_Model(), rank=0, zero_stage=0, host="127.0.0.1")
+    group = _group(sender, world=3, timeout_s=5.0)
+    dying = multiprocessing.get_context("spawn").Process(
+        target=_receive_one_bucket_then_die, args=(group, 2)
+    )
+    dying.start()
+    survivor, outcome = _Worker(), {}
+
+    def receive_or_fail() -> None:
+        try:
+            receive_into_engine(survivor, group, 1)
+            outcome["result"] = "received"
+        except RuntimeError as exc:
+            outcome["result"] = f"error: {exc}"
+
+    receiving = threading.Thread(target=receive_or_fail, daemon=True)
+    receiving.start()
+    started = time.monotonic()
+    sent = sender.send(group)
+    receiving.join(timeout=30)
+    dying.join(timeout=30)
+    assert dying.exitcode == 1
+    assert sent["error"], sent
+    assert not receiving.is_alive() and outcome["result"].startswith("error")
+    assert time.monotonic() - started < 30

