@@ -106,15 +106,16 @@ def main() -> None:
             for label, eta, extra in variants
         ]  # fmt: skip
     labels = [f"{r['label']} s/it" for r in results]
-    header = f"{'stage':<24}" + "".join(f"{label:>14}{'share':>8}" for label in labels)
+    w = max(14, *(len(label) + 2 for label in labels))
+    header = f"{'stage':<24}" + "".join(f"{label:>{w}}{'share':>8}" for label in labels)
     print(header)
     print("-" * len(header))
     for name in STAGES:
         cells = "".join(
-            f"{r['stages'][name]:>14.3f}{r['stages'][name] / r['step_s']:>8.0%}" for r in results
+            f"{r['stages'][name]:>{w}.3f}{r['stages'][name] / r['step_s']:>8.0%}" for r in results
         )
         print(f"{name:<24}{cells}")
-    print(f"{'step (wall)':<24}" + "".join(f"{r['step_s']:>14.3f}{'':>8}" for r in results))
+    print(f"{'step (wall)':<24}" + "".join(f"{r['step_s']:>{w}.3f}{'':>8}" for r in results))
     print()
     for r in results:
         busiest = max(v for k, v in r["stages"].items() if k not in LATENCIES)
