@@ -92,7 +92,8 @@ def format_table(rows: list[dict[str, float]], nbytes: int, copy_s: float) -> st
 
 
 def measure(pool: Any, learner: Any, mode: str, repeats: int, version: int) -> dict[str, float]:
-    """``repeats`` + 1 pushes in ``mode``; the first one's driver peak, the rest's median."""
+    """``repeats`` + 1 pushes in ``mode``, as versions ``version + 1``...; the first one's driver
+    peak, the rest's median."""
     pool.config = pool.config.model_copy(update={"weight_sync": mode})
     release_free_heap()
     times, peak = [], 0
@@ -105,7 +106,7 @@ def measure(pool: Any, learner: Any, mode: str, repeats: int, version: int) -> d
             peak = grown
         else:
             times.append(seconds)
-    return {"mode": mode, "push_s": statistics.median(times), "peak_bytes": peak, "v": version}
+    return {"mode": mode, "push_s": statistics.median(times), "peak_bytes": peak}
 
 
 def main() -> None:
@@ -130,10 +131,8 @@ def main() -> None:
         pool = SamplerPool.from_run_config(config, sync_dir=sync_dir)
         learner = LearnerGroup.from_config(config, total_steps=1)
         try:
-            version = 0
-            for mode in MODES:
-                rows.append(measure(pool, learner, mode, args.repeats, version))
-                version = int(rows[-1]["v"])
+            for i, mode in enumerate(MODES):  # versions keep rising from mode to mode
+                rows.append(measure(pool, learner, mode, args.repeats, i * (args.repeats + 1)))
         finally:
             pool.shutdown()
             learner.shutdown()

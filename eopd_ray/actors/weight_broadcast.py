@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -150,17 +150,7 @@ class WeightSender:
         sends). A failure of the group (a receiver died or timed out) is returned as ``error``,
         not raised: the learners are fine, and under ZeRO-3 rank 0 keeps taking part in the
         gathers so no rank hangs."""
-        started = time.perf_counter()
-        pg, error = self._join(group)
-        joined, sent = time.perf_counter(), 0
-        for flat in self._flat_buckets(group):
-            if flat is None or pg is None or error is not None:
-                continue
-            error = self._send_one(pg, flat)
-            sent += flat.numel() * flat.element_size()
-        timings: dict[str, Any] = {"join_s": joined - started, "bytes": float(sent),
-                                   "send_s": time.perf_counter() - joined}  # fmt: skip
-        return timings | ({"error": error} if error else {})
+        return self._send_buckets(group, self._flat_buckets(group))
 
     def stage(self, group: WeightGroup) -> dict[str, float]:
         """Copy the current weights, bucketed as ``group`` sends them, for ``start_send``
@@ -183,19 +173,10 @@ class WeightSender:
         staged = self.staged
 
         def run() -> None:
-            started = time.perf_counter()
             try:
-                pg, error = self._join(group)
-                joined = time.perf_counter()
-                for flat in staged:
-                    if pg is None or error is not None:
-                        break
-                    error = self._send_one(pg, flat)
+                result.update(self._send_buckets(group, staged))
             except BaseException as exc:  # reported by join_send, never lost in the thread
-                joined, error = time.perf_counter(), _first_line(exc)
-            result.update(join_s=joined - started, send_s=time.perf_counter() - joined)
-            result.update(bytes=float(sum(f.numel() * f.element_size() for f in staged)))
-            result.update({"error": error} if error else {})
+                result.update(error=_first_line(exc))
 
         thread = threading.Thread(target=run, name="eopd-weight-send", daemon=True)
         thread.start()
@@ -210,6 +191,24 @@ class WeightSender:
         thread.join()
         self._sending = None
         return result
+
+    def _send_buckets(
+        self, group: WeightGroup, flats: Iterable[torch.Tensor | None]
+    ) -> dict[str, Any]:
+        """Join ``group`` (rank 0) and broadcast each of ``flats``; the timings, ``error`` once a
+        send failed. ``flats`` is consumed to its end even then: from the engine under ZeRO-3,
+        every bucket's gather must still run on every rank."""
+        started = time.perf_counter()
+        pg, error = self._join(group)
+        joined, sent = time.perf_counter(), 0
+        for flat in flats:
+            if flat is None or pg is None or error is not None:
+                continue
+            error = self._send_one(pg, flat)
+            sent += flat.numel() * flat.element_size()
+        timings: dict[str, Any] = {"join_s": joined - started, "bytes": float(sent),
+                                   "send_s": time.perf_counter() - joined}  # fmt: skip
+        return timings | ({"error": error} if error else {})
 
     def _join(self, group: WeightGroup) -> tuple[Any, str | None]:
         """Rank 0's process group of ``group`` (None elsewhere), or the rendezvous error."""
